@@ -1,0 +1,30 @@
+"""verl-vgpo: Visually-Guided Policy Optimization (VGPO) as a verl plugin."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="verl-vgpo",
+    version="0.1.0",
+    description="VGPO (Visually-Guided Policy Optimization) as a selectable advantage estimator for verl",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["verl_vgpo", "verl_vgpo.*"]),
+    include_package_data=True,
+    package_data={"verl_vgpo": ["recipe_config/*.yaml"]},
+    install_requires=[
+        "verl[verl-core]>=0.9.1,<0.10",
+        "torch>=2.6",
+        "transformers>=4.52",
+        "omegaconf>=2.3",
+    ],
+    extras_require={
+        # GPU-only pieces: never installed on CPU machines or in CI.
+        "gpu": ["vllm", "flash-attn"],
+        "test": ["pytest>=8", "hypothesis>=6", "easy-vqa>=1.0", "matplotlib", "pandas", "pyarrow", "mathruler"],
+    },
+    entry_points={
+        # `import verl` imports every entry point of this group in every process (Ray workers included).
+        "verl.plugins": ["vgpo = verl_vgpo.plugin"],
+    },
+)

@@ -1,0 +1,39 @@
+"""Entry point of group ``verl.plugins``: verl imports this module in every process on ``import verl``.
+
+verl swallows plugin import errors at DEBUG level, so every failure here is logged loudly before it is
+re-raised; the trainer layer separately checks that the workers really produced focus scores.
+Registrations are idempotent: importing this module twice (or reloading it) is harmless.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+logger = logging.getLogger("verl_vgpo")
+
+# (module, function) pairs run in order at load. Each function must be idempotent.
+REGISTRATIONS: list[tuple[str, str]] = [
+    ("verl_vgpo.advantage", "register_estimator"),
+]
+
+LOADED = False
+
+
+def load() -> None:
+    """Run every registration of the package (idempotent)."""
+    global LOADED
+    for module_name, function_name in REGISTRATIONS:
+        try:
+            getattr(importlib.import_module(module_name), function_name)()
+        except Exception:
+            logger.exception(
+                "verl-vgpo: %s.%s failed; algorithm.adv_estimator=vgpo will not work in this process",
+                module_name,
+                function_name,
+            )
+            raise
+    LOADED = True
+
+
+load()
