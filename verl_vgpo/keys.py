@@ -1,0 +1,14 @@
+"""Names shared by the engine (worker side) and the trainer layer; one place so they cannot drift."""
+
+# extra_info flag the trainer sets on the old-log-prob batch to ask the engine for focus scores
+CAPTURE_FOCUS_FLAG = "vgpo_capture_focus"
+
+# output field of the engine (beside log_probs): per-position raw cosine rho at each token's OWN
+# position over the full sequence (prompt + response), NaN for sequences without visual tokens
+FOCUS_OUTPUT_KEY = "vgpo_focus"
+
+# seconds the engine spent on focus capture for this batch (summed over micro-batches)
+FOCUS_TIME_KEY = "vgpo_focus_seconds"
+
+# prefix of every metric VGPO logs through verl's tracker
+METRIC_PREFIX = "vgpo/"
