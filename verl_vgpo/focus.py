@@ -1,0 +1,147 @@
+"""Visual focus scores: cosine of each token's last hidden state to its sequence's visual prototype.
+
+Pure torch, packed layout (the one verl's engine uses with ``use_remove_padding=True``): all sequences
+are concatenated into ``total_tokens`` rows and ``cu_seqlens`` gives the offsets. Everything is computed
+in float32 whatever the model's dtype, because bf16 cosines tie often and ties inflate the top-k gate.
+
+Work is chunked over tokens (never over single tokens) so that the float32 copy of the hidden state
+never exceeds a fixed budget: the extra memory stays O(tokens), not O(tokens x hidden) in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+# rows of the hidden state converted to float32 at a time: about 16M elements (64 MiB) per chunk
+_CHUNK_ELEMENTS = 1 << 24
+_NORM_FLOOR = 1e-12
+
+
+def sequence_ids(cu_seqlens: torch.Tensor, total_tokens: int) -> torch.Tensor:
+    """Index of the sequence every packed position belongs to.
+
+    Args:
+        cu_seqlens: (B+1,) int offsets, ``cu_seqlens[0] == 0``.
+        total_tokens: number of packed positions; positions at or past ``cu_seqlens[-1]`` (padding
+            suffix) get the id ``B``, i.e. "no sequence".
+
+    Returns:
+        (total_tokens,) int64 tensor with values in ``[0, B]``.
+    """
+    positions = torch.arange(total_tokens, device=cu_seqlens.device)
+    return torch.searchsorted(cu_seqlens[1:].to(torch.int64), positions, right=True)
+
+
+def visual_prototype_sums(
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    seq_ids: torch.Tensor,
+    num_sequences: int,
+    visual_token_ids: Sequence[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence float32 sums of the hidden states of visual tokens, and their counts.
+
+    Split out from :func:`visual_focus_scores` so that a sequence-parallel caller can all-reduce the
+    sums and counts over its group before dividing.
+
+    Args:
+        hidden: (total_tokens, H) last-layer hidden states (any float dtype).
+        input_ids: (total_tokens,) token ids.
+        seq_ids: (total_tokens,) sequence index per position (``num_sequences`` = padding).
+        num_sequences: B.
+        visual_token_ids: ids of the pad tokens that stand for image/video patches.
+
+    Returns:
+        sums (B, H) float32 and counts (B,) float32.
+    """
+    device = hidden.device
+    ids = torch.as_tensor(list(visual_token_ids), device=device, dtype=input_ids.dtype)
+    is_visual = torch.isin(input_ids, ids) & (seq_ids < num_sequences)
+    visual_rows = is_visual.nonzero(as_tuple=True)[0]
+    sums = torch.zeros(num_sequences, hidden.shape[-1], device=device, dtype=torch.float32)
+    counts = torch.zeros(num_sequences, device=device, dtype=torch.float32)
+    counts.index_add_(0, seq_ids[visual_rows], torch.ones_like(visual_rows, dtype=torch.float32))
+    step = _chunk_rows(hidden.shape[-1])
+    for start in range(0, visual_rows.numel(), step):
+        rows = visual_rows[start : start + step]
+        sums.index_add_(0, seq_ids[rows], hidden[rows].float())
+    return sums, counts
+
+
+def cosine_to_prototypes(hidden: torch.Tensor, seq_ids: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """float32 cosine between each position and the prototype of its sequence.
+
+    Args:
+        hidden: (total_tokens, H).
+        seq_ids: (total_tokens,) values in ``[0, B]``; id ``B`` (padding) gives NaN.
+        prototypes: (B, H) float32; a row of NaN (sequence without visual tokens) gives NaN.
+
+    Returns:
+        (total_tokens,) float32.
+    """
+    num_sequences = prototypes.shape[0]
+    # one extra NaN prototype for padding positions keeps the gather branch-free
+    padded = torch.cat([prototypes, prototypes.new_full((1, prototypes.shape[1]), float("nan"))])
+    prototype_norms = padded.norm(dim=-1)
+    out = torch.empty(hidden.shape[0], device=hidden.device, dtype=torch.float32)
+    step = _chunk_rows(hidden.shape[-1])
+    for start in range(0, hidden.shape[0], step):
+        h = hidden[start : start + step].float()
+        sid = seq_ids[start : start + step].clamp(max=num_sequences)
+        dots = (h * padded[sid]).sum(dim=-1)
+        out[start : start + step] = dots / (h.norm(dim=-1) * prototype_norms[sid]).clamp_min(_NORM_FLOOR)
+    return out
+
+
+def visual_focus_scores(
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    visual_token_ids: Sequence[int],
+) -> torch.Tensor:
+    """Raw visual focus rho of every packed position (spec section 1, step 1).
+
+    rho(p) = cos(h_p, v_s), where v_s is the mean last-layer hidden state of the visual tokens (image
+    and/or video pads, every image of the sequence together) of the sequence s that holds position p.
+
+    Args:
+        hidden: (total_tokens, H) last-layer hidden states after the final norm.
+        input_ids: (total_tokens,) token ids.
+        cu_seqlens: (B+1,) offsets of the B packed sequences; positions past ``cu_seqlens[-1]`` are
+            treated as padding.
+        visual_token_ids: ids of the visual pad tokens that form the prototype.
+
+    Returns:
+        (total_tokens,) float32 cosines; NaN for every position of a sequence without visual tokens
+        and for padding positions.
+    """
+    if hidden.dim() != 2 or input_ids.dim() != 1 or hidden.shape[0] != input_ids.shape[0]:
+        raise ValueError(
+            f"visual_focus_scores expects hidden (total_tokens, H) and input_ids (total_tokens,), "
+            f"got {tuple(hidden.shape)} and {tuple(input_ids.shape)}"
+        )
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise ValueError(f"cu_seqlens must be a 1-D tensor of B+1 offsets, got shape {tuple(cu_seqlens.shape)}")
+    if int(cu_seqlens[-1]) > hidden.shape[0]:
+        raise ValueError(f"cu_seqlens ends at {int(cu_seqlens[-1])} but only {hidden.shape[0]} positions were given")
+    if len(visual_token_ids) == 0:
+        raise ValueError("visual_token_ids is empty: name the image/video pad token ids")
+    with torch.no_grad():
+        cu_seqlens = cu_seqlens.to(hidden.device)
+        num_sequences = cu_seqlens.numel() - 1
+        seq_ids = sequence_ids(cu_seqlens, hidden.shape[0])
+        sums, counts = visual_prototype_sums(hidden, input_ids, seq_ids, num_sequences, visual_token_ids)
+        prototypes = prototypes_from_sums(sums, counts)
+        return cosine_to_prototypes(hidden, seq_ids, prototypes)
+
+
+def prototypes_from_sums(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Mean visual hidden state per sequence; NaN rows where a sequence has no visual token."""
+    prototypes = sums / counts.clamp_min(1.0).unsqueeze(-1)
+    return prototypes.masked_fill((counts == 0).unsqueeze(-1), float("nan"))
+
+
+def _chunk_rows(hidden_size: int) -> int:
+    return max(1, _CHUNK_ELEMENTS // max(1, hidden_size))
