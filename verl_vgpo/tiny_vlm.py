@@ -1,0 +1,406 @@
+"""Build a tiny, random, fully offline Qwen2.5-VL checkpoint (model + tokenizer + processor).
+
+Tests and CPU end-to-end runs need a real ``Qwen2_5_VLForConditionalGeneration`` with a real
+``Qwen2_5_VLProcessor`` but may not download anything. This module makes one from scratch:
+
+* a byte-level BPE tokenizer trained locally on a small built-in corpus (easy-vqa style questions and
+  answers plus chat text) with Qwen's special tokens, wrapped in ``PreTrainedTokenizerFast`` with a
+  Qwen2-VL chat template;
+* a ``Qwen2VLImageProcessor`` / ``Qwen2VLVideoProcessor`` with small pixel limits, so a 64x64 image
+  becomes a handful of ``<|image_pad|>`` tokens;
+* a randomly initialised model whose ``image_token_id`` / ``video_token_id`` etc. are the ids the
+  tokenizer actually assigned (the vocabulary is small, so they are not Qwen's 151655 / 151656).
+
+Everything is written with ``save_pretrained`` so ``AutoProcessor`` / ``AutoTokenizer`` /
+``AutoModelForImageTextToText`` reload it offline. Building is deterministic for a given seed and
+size, and idempotent: a folder already holding a build with the same settings is reused.
+
+CLI: ``python -m verl_vgpo.tiny_vlm --out DIR [--preset bench] [--hidden-size 256 ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# Bumped whenever the build recipe changes, so an old folder is rebuilt instead of silently reused.
+BUILD_FORMAT_VERSION = 1
+SETTINGS_FILE = "tiny_vlm_settings.json"
+
+# Qwen2-VL's special tokens, in Qwen's own order. They get the first ids of the vocabulary.
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+# Qwen2-VL chat template (written for this project): a default system turn, one
+# <|vision_start|><|image_pad|><|vision_end|> block per image (the processor expands the pad to the
+# right number of tokens) and the same for videos.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string -%}"
+    "{{ message['content'] }}"
+    "{%- else -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
+    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif part['type'] == 'video' or 'video' in part -%}"
+    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{%- elif 'text' in part -%}"
+    "{{ part['text'] }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<|im_start|>assistant\\n' }}"
+    "{%- endif -%}"
+)
+
+COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "purple", "yellow", "orange")
+SHAPES = ("circle", "rectangle", "triangle")
+CHAT_LINES = (
+    "system\nYou are a helpful assistant.\nuser\nassistant\n",
+    "You are a helpful assistant.",
+    "Answer the question about the image.",
+    "Look at the image and answer with one word.",
+    "Think step by step, then give the final answer.",
+    "<think> The image shows a shape. </think> <answer> yes </answer>",
+    "The answer is yes.",
+    "The answer is no.",
+    "Please put your final answer within \\boxed{}.",
+    "What is 1 + 2? The answer is 3.",
+    "Hello! How can I help you today?",
+    "Describe the picture in detail.",
+    "This video shows a moving shape on a white background.",
+    "0 1 2 3 4 5 6 7 8 9 10 100 = + - * / ( ) [ ] { } , . ? ! : ; ' \"",
+)
+
+
+@dataclass(frozen=True)
+class TinyVLMSize:
+    """Sizes of the random model and the processor's pixel limits. Defaults: the ~0.2 M parameter test model."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 128
+    # Multimodal RoPE split of head_dim/2 frequencies into (temporal, height, width).
+    mrope_section: tuple[int, int, int] = (2, 3, 3)
+    vision_hidden_size: int = 32
+    vision_depth: int = 2
+    vision_num_heads: int = 2
+    vision_intermediate_size: int = 64
+    patch_size: int = 14
+    spatial_merge_size: int = 2
+    temporal_patch_size: int = 2
+    # 64x64 inputs are resized to 56x56 -> 4x4 patches -> 2x2 merged -> 4 image tokens.
+    min_pixels: int = 28 * 28
+    max_pixels: int = 64 * 64
+    tokenizer_vocab_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        half_head_dim = self.hidden_size // self.num_attention_heads // 2
+        if len(self.mrope_section) != 3 or sum(self.mrope_section) != half_head_dim:
+            raise ValueError(
+                f"mrope_section {list(self.mrope_section)} must have 3 entries summing to head_dim/2 = {half_head_dim} "
+                f"(hidden_size {self.hidden_size} / num_attention_heads {self.num_attention_heads} / 2)"
+            )
+        if self.vision_hidden_size % self.vision_num_heads:
+            raise ValueError(
+                f"vision_hidden_size ({self.vision_hidden_size}) must be divisible by "
+                f"vision_num_heads ({self.vision_num_heads})"
+            )
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+
+
+# Named size presets. "bench" is a mid-size model for timing focus capture (hidden 1024, 8 layers,
+# ~0.1 B parameters without the embedding), still random and offline.
+PRESETS: dict[str, TinyVLMSize] = {
+    "test": TinyVLMSize(),
+    "bench": TinyVLMSize(
+        hidden_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        intermediate_size=2816,
+        mrope_section=(8, 12, 12),
+        vision_hidden_size=256,
+        vision_depth=2,
+        vision_num_heads=4,
+        vision_intermediate_size=512,
+        max_pixels=112 * 112,
+    ),
+}
+
+
+def tokenizer_corpus() -> list[str]:
+    """Small built-in training text: every easy-vqa question form, the 13 answers, and chat phrases."""
+    lines = list(CHAT_LINES)
+    for shape in SHAPES:
+        lines += [
+            f"What shape is in the image? {shape}",
+            f"What is the {shape}'s color?",
+            f"What color is the {shape}? Is there a {shape}? Does the image contain a {shape}?",
+            f"Is there not a {shape} in the image? Is no {shape} present? The shape is a {shape}.",
+        ]
+        for color in COLORS:
+            lines += [
+                f"Is there a {color} {shape}? Is the {shape} {color}? What color is the {shape}? {color}",
+                f"Does the image not contain a {color} shape? Is there a {color} shape in the image?",
+                f"The {shape} is {color}. Answer: {color}. A {color} {shape} is present. yes no",
+            ]
+    lines += [" ".join(COLORS), " ".join(SHAPES), "yes no Yes No YES NO"]
+    # answers also appear right after a tag or newline (no leading space): make those whole tokens too
+    for answer in COLORS + SHAPES + ("yes", "no"):
+        lines += [answer, f"<answer>{answer}</answer>", f"\\boxed{{{answer}}}"]
+    return lines
+
+
+def _train_tokenizer(vocab_size: int):
+    """Train the byte-level BPE and wrap it as a Qwen-like ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")],
+        clean_up_tokenization_spaces=False,
+        model_max_length=32768,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    for token in SPECIAL_TOKENS:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or tokenizer.convert_ids_to_tokens(token_id) != token:
+            raise RuntimeError(f"tokenizer training lost the special token {token!r}")
+    return tokenizer
+
+
+def _build_processor(tokenizer, size: TinyVLMSize):
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    pixel_kwargs = dict(
+        min_pixels=size.min_pixels,
+        max_pixels=size.max_pixels,
+        patch_size=size.patch_size,
+        temporal_patch_size=size.temporal_patch_size,
+        merge_size=size.spatial_merge_size,
+    )
+    image_processor = Qwen2VLImageProcessor(**pixel_kwargs)
+    video_processor = Qwen2VLVideoProcessor(**pixel_kwargs)
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def _build_model_config(tokenizer, size: TinyVLMSize):
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    head_dim = size.hidden_size // size.num_attention_heads
+    text_config = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_hidden_layers,
+        num_attention_heads=size.num_attention_heads,
+        num_key_value_heads=size.num_key_value_heads,
+        head_dim=head_dim,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(size.mrope_section)},
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+    )
+    vision_config = dict(
+        depth=size.vision_depth,
+        hidden_size=size.vision_hidden_size,
+        intermediate_size=size.vision_intermediate_size,
+        num_heads=size.vision_num_heads,
+        out_hidden_size=size.hidden_size,
+        patch_size=size.patch_size,
+        spatial_merge_size=size.spatial_merge_size,
+        temporal_patch_size=size.temporal_patch_size,
+        window_size=size.patch_size * size.spatial_merge_size * 4,
+        # the last vision block uses full attention, the others window attention, as in Qwen2.5-VL
+        fullatt_block_indexes=[size.vision_depth - 1],
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    return config
+
+
+def _settings_record(seed: int, size: TinyVLMSize) -> dict:
+    import transformers
+
+    return {
+        "format_version": BUILD_FORMAT_VERSION,
+        "seed": seed,
+        "size": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(size).items()},
+        "transformers_version": transformers.__version__,
+    }
+
+
+def resolve_size(preset: str = "test", **overrides) -> TinyVLMSize:
+    """The size of a preset with some fields replaced; unknown preset or field names are errors."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown tiny VLM preset {preset!r}; choose one of {sorted(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(TinyVLMSize)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown tiny VLM size field(s) {unknown}; allowed: {sorted(known)}")
+    if "mrope_section" in overrides:
+        overrides["mrope_section"] = tuple(overrides["mrope_section"])
+    return dataclasses.replace(PRESETS[preset], **overrides)
+
+
+def build_tiny_vlm(out_dir: str | os.PathLike, seed: int = 0, preset: str = "test", **size_overrides) -> str:
+    """Build (or reuse) a random offline Qwen2.5-VL checkpoint in ``out_dir`` and return its path.
+
+    ``size_overrides`` replace fields of :class:`TinyVLMSize` (e.g. ``hidden_size=128``). The folder is
+    reused when it already holds a build with identical settings; a folder holding anything else is
+    refused rather than overwritten.
+    """
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    size = resolve_size(preset, **size_overrides)
+    out_path = Path(out_dir).resolve()
+    record = _settings_record(seed, size)
+    settings_path = out_path / SETTINGS_FILE
+    if settings_path.exists():
+        existing = json.loads(settings_path.read_text())
+        if existing == record:
+            return str(out_path)
+        raise FileExistsError(
+            f"{out_path} already holds a tiny VLM built with different settings ({existing}); "
+            f"use another folder or delete it (wanted {record})"
+        )
+    if out_path.exists() and any(out_path.iterdir()):
+        raise FileExistsError(f"{out_path} exists, is not empty and holds no tiny VLM build; refusing to overwrite it")
+
+    tokenizer = _train_tokenizer(size.tokenizer_vocab_size)
+    processor = _build_processor(tokenizer, size)
+    config = _build_model_config(tokenizer, size)
+
+    # Seed a private generator state so building does not disturb (or depend on) the caller's RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32)
+    model.eval()
+
+    # Build into a sibling temp folder and rename at the end, so a concurrent or interrupted build
+    # never leaves a half-written folder that looks finished.
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / SETTINGS_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+        # mkdtemp creates the folder private to its owner; a checkpoint is shared read-only data
+        staging.chmod(0o755)
+        for written in staging.iterdir():
+            written.chmod(0o644)
+        if out_path.exists():
+            out_path.rmdir()  # empty (checked above)
+        try:
+            os.rename(staging, out_path)
+        except OSError:
+            # another process finished the same build first: accept it if it is identical
+            if settings_path.exists() and json.loads(settings_path.read_text()) == record:
+                return str(out_path)
+            raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return str(out_path)
+
+
+def _parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder to write the checkpoint to")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="test", choices=sorted(PRESETS))
+    for field in dataclasses.fields(TinyVLMSize):
+        flag = "--" + field.name.replace("_", "-")
+        if field.name == "mrope_section":
+            parser.add_argument(flag, type=int, nargs=3, default=None)
+        else:
+            parser.add_argument(flag, type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = _parse_args(argv)
+    overrides = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(TinyVLMSize) if getattr(args, f.name) is not None
+    }
+    path = build_tiny_vlm(args.out, seed=args.seed, preset=args.preset, **overrides)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
