@@ -63,10 +63,10 @@ class VGPOConfig:
 
     @classmethod
     def from_algorithm_config(cls, algorithm_config: Any = None) -> "VGPOConfig":
-        """Build from verl's ``algorithm`` config (DictConfig, dataclass, dict or None).
+        """Build from verl's whole ``algorithm`` config (DictConfig, dataclass, dict or None).
 
-        Accepts either the whole ``algorithm`` node (reads its ``vgpo`` block) or a bare ``vgpo``
-        mapping is *not* accepted, to keep one unambiguous entry point; use :meth:`from_mapping`.
+        Reads its ``vgpo`` block; a missing block means the defaults. For the block itself use
+        :meth:`from_mapping`.
         """
         block = _get(algorithm_config, "vgpo")
         return cls.from_mapping(block)
