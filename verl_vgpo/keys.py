@@ -12,3 +12,8 @@ FOCUS_TIME_KEY = "vgpo_focus_seconds"
 
 # prefix of every metric VGPO logs through verl's tracker
 METRIC_PREFIX = "vgpo/"
+
+# extra_info entry the trainer sets beside CAPTURE_FOCUS_FLAG: the visual token kinds (a list drawn from
+# config.VISUAL_TOKEN_KINDS, e.g. ["image", "video"]) whose hidden states form the visual prototype;
+# the worker side cannot see algorithm.vgpo, so the trainer hands the validated choice over
+FOCUS_VISUAL_TOKENS_KEY = "vgpo_visual_tokens"

@@ -15,6 +15,8 @@ logger = logging.getLogger("verl_vgpo")
 # (module, function) pairs run in order at load. Each function must be idempotent.
 REGISTRATIONS: list[tuple[str, str]] = [
     ("verl_vgpo.advantage", "register_estimator"),
+    # V1 trainers with the focus hand-over; last: importing verl's trainer modules resolves the platform
+    ("verl_vgpo.trainer", "register_trainers"),
 ]
 
 LOADED = False

@@ -1,0 +1,384 @@
+"""verl V1 trainer layer for ``algorithm.adv_estimator=vgpo`` (thin wiring, no algorithm here).
+
+verl's V1 trainers (``verl.trainer.ppo.v1``: sync, colocate_async, separate_async) compute advantages
+in the trainer process from a fixed list of TransferQueue (TQ) fields and call a custom estimator with
+rewards, mask, uid and config only. VGPO also needs the visual focus scores that the actor engine
+captures during the old-log-prob forward. This module closes that gap with one mixin over two trainer
+methods, installed for all three modes into ``TRAINER_REGISTRY`` by :func:`register_trainers`:
+
+* ``_compute_old_log_prob``: asks the workers for focus scores (``CAPTURE_FOCUS_FLAG`` and the visual
+  token kinds in ``batch.extra_info``) for that pass only; the engine writes ``FOCUS_OUTPUT_KEY`` to TQ.
+* ``_compute_advantage``: reads the focus field, aligns it to the response tokens and runs verl's own
+  ``_compute_advantage`` inside :func:`verl_vgpo.advantage.focus_scores_for_advantage`, then merges the
+  estimator's metrics into the step metrics (which verl's tracker logs).
+
+Both overrides wrap ``super()`` instead of copying verl's bodies, so verl's logic (KL in reward, rollout
+correction, multi-trajectory handling, TQ write-back) stays verl's. With any other estimator both
+methods delegate straight to verl (one attribute check). Configurations VGPO cannot serve correctly are
+refused at trainer construction; the legacy trainer (``trainer.use_v1=false``) is refused by a guard on
+``RayPPOTrainer.__init__``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from typing import Any, Optional
+
+import torch
+import transfer_queue as tq
+from omegaconf import OmegaConf
+from transfer_queue import KVBatchMeta
+
+from verl.trainer.ppo.v1 import trainer_base
+from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
+from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl_vgpo.advantage import ESTIMATOR_NAME, focus_scores_for_advantage
+from verl_vgpo.config import SEQUENCE_RATIO_POLICY_LOSSES, VGPOConfig, VGPOConfigError
+from verl_vgpo.keys import (
+    CAPTURE_FOCUS_FLAG,
+    FOCUS_OUTPUT_KEY,
+    FOCUS_TIME_KEY,
+    FOCUS_VISUAL_TOKENS_KEY,
+    METRIC_PREFIX,
+)
+
+logger = logging.getLogger("verl_vgpo")
+
+# metrics this layer adds beside the estimator's (spec section 6: time spent on focus)
+FOCUS_FETCH_TIME_METRIC = METRIC_PREFIX + "timing/focus_fetch_s"
+FOCUS_CAPTURE_TIME_METRIC = METRIC_PREFIX + "timing/focus_capture_s"
+
+# the extra_info entries this layer sets for the old-log-prob pass and removes afterwards
+_CAPTURE_KEYS = (CAPTURE_FOCUS_FLAG, FOCUS_VISUAL_TOKENS_KEY)
+
+
+class MissingFocusFieldError(RuntimeError):
+    """The actor workers did not write the focus field to TransferQueue."""
+
+
+class FocusLayoutError(ValueError):
+    """The focus field does not have the layout of the sequences it belongs to."""
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration checks (pure: take verl's full config, raise VGPOConfigError)
+# --------------------------------------------------------------------------------------------------
+
+
+def uses_vgpo(config: Any) -> bool:
+    """Whether verl's full config selects the vgpo estimator."""
+    estimator = _get(_get(config, "algorithm"), "adv_estimator")
+    return str(getattr(estimator, "value", estimator)) == ESTIMATOR_NAME
+
+
+def check_vgpo_trainer_config(config: Any) -> VGPOConfig:
+    """Validate ``algorithm.vgpo`` and refuse settings VGPO cannot serve; returns the VGPO config.
+
+    Refused: the legacy trainer, rollout-correction bypass mode (no old-log-prob forward, so no focus
+    scores), and sequence-ratio policy losses (there a per-token advantage weight is not the paper's
+    per-token loss weight).
+    """
+    vgpo_config = VGPOConfig.from_algorithm_config(_get(config, "algorithm"))
+
+    trainer = _get(config, "trainer")
+    if trainer is not None and _get(trainer, "use_v1") is False:
+        raise VGPOConfigError(LEGACY_TRAINER_MESSAGE)
+
+    rollout_correction = _get(_get(config, "algorithm"), "rollout_correction")
+    if rollout_correction is not None and bool(_get(rollout_correction, "bypass_mode")):
+        raise VGPOConfigError(
+            "algorithm.adv_estimator=vgpo cannot run with algorithm.rollout_correction.bypass_mode=true: bypass "
+            "mode skips the old-log-prob forward pass, and that pass is where the actor captures the visual "
+            "focus scores. Set algorithm.rollout_correction.bypass_mode=false (decoupled mode keeps rollout "
+            "correction and recomputes old log-probs)."
+        )
+
+    loss_mode = _get(_get(_get(_get(config, "actor_rollout_ref"), "actor"), "policy_loss"), "loss_mode")
+    if loss_mode in SEQUENCE_RATIO_POLICY_LOSSES:
+        raise VGPOConfigError(
+            f"algorithm.adv_estimator=vgpo cannot run with actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode}: "
+            f"VGPO folds per-token weights into the advantage, which equals weighting the per-token PPO loss only "
+            f"for token-ratio losses; sequence-ratio losses ({', '.join(SEQUENCE_RATIO_POLICY_LOSSES)}) average the "
+            f"ratio over the sequence first. Use a token-level loss such as loss_mode=vanilla."
+        )
+    return vgpo_config
+
+
+LEGACY_TRAINER_MESSAGE = (
+    "algorithm.adv_estimator=vgpo needs verl's V1 trainer (trainer.use_v1=true, the default). The legacy "
+    "trainer (trainer.use_v1=false, verl.trainer.main_ppo_v0 / RayPPOTrainer) drops the engine's extra outputs, "
+    "so the visual focus scores VGPO needs never reach the advantage. Set trainer.use_v1=true."
+)
+
+
+def _get(node: Any, key: str) -> Any:
+    """``node.key`` for DictConfig, dict or attribute objects; None when absent."""
+    if node is None:
+        return None
+    if OmegaConf.is_config(node):
+        return OmegaConf.select(node, key, default=None)
+    if isinstance(node, dict):
+        return node.get(key)
+    return getattr(node, key, None)
+
+
+# --------------------------------------------------------------------------------------------------
+# focus alignment (pure tensor code)
+# --------------------------------------------------------------------------------------------------
+
+
+def response_aligned_focus(
+    full_focus: torch.Tensor,
+    response_mask: torch.Tensor,
+    sequence_lengths: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Cut each sequence's response part out of the engine's full-sequence focus field.
+
+    Args:
+        full_focus: jagged nested tensor (bs, prompt_len_i + response_len_i): the raw cosine of every
+            position of the full sequence, as the engine writes it (same layout as ``log_probs``).
+        response_mask: jagged nested tensor (bs, response_len_i) as stored in TransferQueue.
+        sequence_lengths: optional (bs,) expected full lengths (prompt + response), checked when given.
+
+    Returns:
+        (bs, max_i response_len_i) float32, aligned with ``response_mask.to_padded_tensor()``: column t of
+        row i is the focus of response token t at its OWN position ``end_i - R_i + t``. (verl's
+        ``response_from_nested`` takes ``[end - R - 1, end - 1)`` for log-probs, because the log-prob of
+        a token is emitted one position earlier; focus is not shifted.) Columns past a row's response
+        are NaN; the estimator reads only positions where ``response_mask`` is set.
+    """
+    for name, tensor in (("focus", full_focus), ("response_mask", response_mask)):
+        if not (isinstance(tensor, torch.Tensor) and tensor.is_nested):
+            raise FocusLayoutError(
+                f"{name} must be a jagged nested tensor with one row per sequence, got "
+                f"{type(tensor).__name__}{'' if not isinstance(tensor, torch.Tensor) else tuple(tensor.shape)}"
+            )
+    batch_size = full_focus.size(0)
+    if response_mask.size(0) != batch_size:
+        raise FocusLayoutError(
+            f"focus has {batch_size} rows but response_mask has {response_mask.size(0)} rows for the same keys"
+        )
+    values = full_focus.values()
+    if values.dim() != 1:
+        raise FocusLayoutError(
+            f"focus must hold one scalar per token (values of shape (total_tokens,)), got values of shape "
+            f"{tuple(values.shape)}"
+        )
+    offsets = full_focus.offsets().to(torch.int64)
+    full_lengths = offsets.diff()
+    response_lengths = response_mask.offsets().diff().to(device=offsets.device, dtype=torch.int64)
+
+    too_short = full_lengths < response_lengths
+    if bool(too_short.any()):
+        row = int(too_short.nonzero()[0])
+        raise FocusLayoutError(
+            f"focus row {row} has {int(full_lengths[row])} positions but its response alone has "
+            f"{int(response_lengths[row])} tokens: the engine must write focus over the full sequence "
+            f"(prompt + response), like log_probs"
+        )
+    if sequence_lengths is not None:
+        expected = torch.as_tensor(sequence_lengths, dtype=torch.int64, device=offsets.device)
+        mismatch = expected != full_lengths
+        if bool(mismatch.any()):
+            row = int(mismatch.nonzero()[0])
+            raise FocusLayoutError(
+                f"focus row {row} has {int(full_lengths[row])} positions but that sequence has "
+                f"{int(expected[row])} tokens (prompt + response)"
+            )
+
+    width = int(response_lengths.max()) if batch_size > 0 else 0
+    columns = torch.arange(width, device=offsets.device)
+    inside = columns.unsqueeze(0) < response_lengths.unsqueeze(1)
+    first_response_position = offsets[1:] - response_lengths
+    positions = (first_response_position.unsqueeze(1) + columns.unsqueeze(0)).masked_fill(~inside, 0)
+    aligned = values.to(torch.float32)[positions]
+    return aligned.masked_fill(~inside, float("nan"))
+
+
+def _total_seconds(field: Any) -> float:
+    """Sum of an engine timing field that carries each row's share of the capture time."""
+    if isinstance(field, torch.Tensor):
+        values = field.values() if field.is_nested else field
+        return float(values.to(torch.float64).sum())
+    raise FocusLayoutError(f"{FOCUS_TIME_KEY} must be a tensor field with one entry per row, got {type(field).__name__}")
+
+
+def _multi_output_keys(keys: list[str]) -> list[str]:
+    """Keys of agent-loop outputs after the first of their session (``{uid}_{session}_{index}``, index > 0)."""
+    extra = []
+    for key in keys:
+        parts = key.rsplit("_", 2)
+        if len(parts) == 3 and parts[2].isdigit() and int(parts[2]) > 0:
+            extra.append(key)
+    return extra
+
+
+def _missing_focus_message(batch_size: int) -> str:
+    plugins = os.environ.get("VERL_USE_EXTERNAL_PLUGINS")
+    return (
+        f"algorithm.adv_estimator=vgpo: TransferQueue holds no '{FOCUS_OUTPUT_KEY}' field for the {batch_size} "
+        f"sequences of this step, so the actor workers did not capture visual focus scores in the old-log-prob "
+        f"pass. verl-vgpo must be loaded in every worker process: install the verl-vgpo package into the Python "
+        f"environment of every Ray worker (every node, or the job's runtime_env), and check that "
+        f"VERL_USE_EXTERNAL_PLUGINS is unset, 'auto' or lists 'vgpo' in the workers' environment "
+        f"(trainer process sees {plugins!r}). A worker logs 'verl-vgpo:' errors if the plugin failed to load."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# the mixin
+# --------------------------------------------------------------------------------------------------
+
+
+class VGPOTrainerMixin:
+    """Adds VGPO's focus hand-over to a verl V1 trainer; a no-op unless adv_estimator is vgpo.
+
+    Put it first in the bases so its two overrides wrap the mode's own (separate_async overrides
+    ``_compute_old_log_prob`` to restore the stable old policy; the flag must cover that call too).
+    """
+
+    vgpo_config: Optional[VGPOConfig] = None
+
+    def __init__(self, config, *args, **kwargs):
+        # validate before verl builds anything, so a bad setting fails at start-up, not after rollout
+        self.vgpo_config = check_vgpo_trainer_config(config) if uses_vgpo(config) else None
+        super().__init__(config, *args, **kwargs)
+
+    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        if self.vgpo_config is None:
+            return super()._compute_old_log_prob(batch, metrics)
+        # extra_info reaches every worker micro-batch; the ref / actor-update passes that follow reuse
+        # the batch meta, so the request is removed again whatever happens inside
+        batch.extra_info[CAPTURE_FOCUS_FLAG] = True
+        batch.extra_info[FOCUS_VISUAL_TOKENS_KEY] = list(self.vgpo_config.visual_tokens)
+        try:
+            result = super()._compute_old_log_prob(batch, metrics)
+        finally:
+            for key in _CAPTURE_KEYS:
+                batch.extra_info.pop(key, None)
+        if result is not None and result is not batch and result.extra_info:
+            for key in _CAPTURE_KEYS:
+                result.extra_info.pop(key, None)
+        return result
+
+    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        if self.vgpo_config is None:
+            return super()._compute_advantage(batch, metrics)
+        started = time.perf_counter()
+        focus, capture_seconds = self._fetch_response_focus(batch)
+        fetched = time.perf_counter()
+        with focus_scores_for_advantage(focus) as step:
+            batch = super()._compute_advantage(batch, metrics)
+        metrics.update(step.metrics)
+        metrics[FOCUS_FETCH_TIME_METRIC] = fetched - started
+        if capture_seconds is not None:
+            metrics[FOCUS_CAPTURE_TIME_METRIC] = capture_seconds
+        return batch
+
+    def _fetch_response_focus(self, batch: KVBatchMeta) -> tuple[torch.Tensor, Optional[float]]:
+        """(bs, R) focus aligned with the padded response_mask verl builds, and engine capture seconds."""
+        extra = _multi_output_keys(list(batch.keys))
+        if extra:
+            raise VGPOConfigError(
+                f"algorithm.adv_estimator=vgpo does not support agent loops that emit several outputs per session "
+                f"yet ({len(extra)} such outputs in this batch, e.g. key {extra[0]!r}): verl's V1 trainer groups "
+                f"only the final output of each session for GRPO, which VGPO's base estimator would not reproduce."
+            )
+        data = tq.kv_batch_get(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            select_fields=[FOCUS_OUTPUT_KEY, "response_mask", FOCUS_TIME_KEY],
+        )
+        if FOCUS_OUTPUT_KEY not in data.keys():
+            raise MissingFocusFieldError(_missing_focus_message(len(batch)))
+        sequence_lengths = None
+        if batch.tags and all("seq_len" in tag for tag in batch.tags):
+            sequence_lengths = torch.tensor([tag["seq_len"] for tag in batch.tags], dtype=torch.int64)
+        focus = response_aligned_focus(data[FOCUS_OUTPUT_KEY], data["response_mask"], sequence_lengths)
+        capture_seconds = _total_seconds(data[FOCUS_TIME_KEY]) if FOCUS_TIME_KEY in data.keys() else None
+        return focus, capture_seconds
+
+
+# Subclasses keep verl's class for each mode and add the mixin in front; the registry maps each mode
+# name to one of them. ``verl_trainer_cls`` records which verl class a VGPO class stands in for.
+
+
+class PPOTrainerSyncWithVGPO(VGPOTrainerMixin, PPOTrainerSync):
+    """verl's synchronous V1 trainer (``trainer.v1.trainer_mode=sync``) with VGPO's focus hand-over."""
+
+    verl_trainer_cls = PPOTrainerSync
+
+
+class PPOTrainerColocateAsyncWithVGPO(VGPOTrainerMixin, PPOTrainerColocateAsync):
+    """verl's colocated asynchronous V1 trainer (``colocate_async``) with VGPO's focus hand-over."""
+
+    verl_trainer_cls = PPOTrainerColocateAsync
+
+
+class PPOTrainerSeparateAsyncWithVGPO(VGPOTrainerMixin, PPOTrainerSeparateAsync):
+    """verl's separated asynchronous V1 trainer (``separate_async``) with VGPO's focus hand-over."""
+
+    verl_trainer_cls = PPOTrainerSeparateAsync
+
+
+VGPO_TRAINERS: dict[str, type] = {
+    "sync": PPOTrainerSyncWithVGPO,
+    "colocate_async": PPOTrainerColocateAsyncWithVGPO,
+    "separate_async": PPOTrainerSeparateAsyncWithVGPO,
+}
+
+
+def _is_vgpo_trainer_for(cls: Any, mode: str) -> bool:
+    """True for this module's class of ``mode``, also one from an earlier (reloaded) copy of the module."""
+    return (
+        isinstance(cls, type)
+        and cls.__module__ == __name__
+        and cls.__qualname__ == VGPO_TRAINERS[mode].__qualname__
+    )
+
+
+def register_trainers() -> None:
+    """Install the VGPO trainers into verl's TRAINER_REGISTRY and guard the legacy trainer (idempotent).
+
+    ``register_trainer`` refuses to re-register a name, so the classes are assigned into the dict. A
+    registry entry that is neither verl's class nor ours means another plugin replaced it; wrapping
+    that silently could drop its behaviour, so this refuses with an error naming both classes.
+    """
+    registry = trainer_base.TRAINER_REGISTRY
+    for mode, vgpo_cls in VGPO_TRAINERS.items():
+        current = registry.get(mode)
+        if current is None or current is vgpo_cls.verl_trainer_cls or _is_vgpo_trainer_for(current, mode):
+            registry[mode] = vgpo_cls
+            continue
+        raise RuntimeError(
+            f"verl-vgpo: TRAINER_REGISTRY[{mode!r}] holds {current.__module__}.{current.__qualname__}, not verl's "
+            f"{vgpo_cls.verl_trainer_cls.__qualname__}; another plugin replaced it. VGPO's trainer layer wraps "
+            f"verl's class and will not override that one."
+        )
+    install_legacy_trainer_guard()
+
+
+def install_legacy_trainer_guard() -> None:
+    """Make verl's legacy ``RayPPOTrainer`` refuse adv_estimator=vgpo at construction (idempotent).
+
+    ``main_ppo`` with ``trainer.use_v1=false`` builds ``RayPPOTrainer`` in its TaskRunner before any
+    worker starts; without this guard the run would fail only at the first advantage computation.
+    """
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+    original_init = RayPPOTrainer.__init__
+    if getattr(original_init, "_vgpo_legacy_guard", False):
+        return
+
+    @functools.wraps(original_init)
+    def init_refusing_vgpo(self, config, *args, **kwargs):
+        if uses_vgpo(config):
+            raise VGPOConfigError(LEGACY_TRAINER_MESSAGE)
+        original_init(self, config, *args, **kwargs)
+
+    init_refusing_vgpo._vgpo_legacy_guard = True  # type: ignore[attr-defined]
+    RayPPOTrainer.__init__ = init_refusing_vgpo
