@@ -89,10 +89,10 @@ def position_fractions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
         rank (bs, L) int64 zero-based index t-1 among valid tokens, lengths (bs,) int64 T,
         u (bs, L) float32 = (t-1)/(T-1), 0 when T == 1 (and at masked positions).
     """
-    rank = mask.long().cumsum(dim=-1) - 1
+    rank = mask.long().cumsum(dim=-1).sub_(1)
     lengths = mask.sum(dim=-1)
     denom = (lengths - 1).clamp_min(1).unsqueeze(-1).to(torch.float32)
-    u = torch.where(mask, rank.to(torch.float32) / denom, torch.zeros((), dtype=torch.float32, device=mask.device))
+    u = rank.to(torch.float32).div_(denom).mul_(mask)
     return rank, lengths, u
 
 
@@ -181,37 +181,33 @@ def vgpo_weights(
         raise ValueError(
             f"focus_scores {tuple(focus_scores.shape)} must have the shape of response_mask {tuple(response_mask.shape)}"
         )
+    # in-place arithmetic on purpose: at 1024 x 2048 the estimator is bound by memory passes
     mask = response_mask.bool()
     rho = focus_scores.to(torch.float32)
-    finite = torch.isfinite(rho)
     rank, lengths, u = position_fractions(mask)
-    has_signal = (lengths > 0) & (finite | ~mask).all(dim=-1)
+    non_finite = ~torch.isfinite(rho)
+    non_finite &= mask
+    has_signal = (lengths > 0) & ~non_finite.any(dim=-1)
     valid = mask & has_signal.unsqueeze(-1)
-    zero = torch.zeros((), dtype=torch.float32, device=rho.device)
 
-    w0 = torch.where(valid, rho.nan_to_num(0.0).clamp_min(0.0), zero)
-    compensation = cfg.compensation_strength * compensation_schedule(u, cfg)
-    if cfg.gate:
-        gate = tail_gate(w0, valid, rank, lengths, cfg)
-    else:
-        gate = valid.clone()
-    w = w0 * (1.0 + gate.to(torch.float32) * compensation)
+    w0 = rho.nan_to_num(0.0).clamp_min_(0.0).mul_(valid)
+    boost = compensation_schedule(u, cfg).mul_(cfg.compensation_strength)
+    gate = tail_gate(w0, valid, rank, lengths, cfg) if cfg.gate else valid
+    w = boost.mul_(gate).add_(1.0).mul_(w0)  # w0 * (1 + G * c)
 
-    # Eq. 7: per-trajectory min-max over valid tokens
-    inf = torch.tensor(float("inf"), device=rho.device)
-    wmin = torch.where(valid, w, inf).amin(dim=-1, keepdim=True)
-    wmax = torch.where(valid, w, -inf).amax(dim=-1, keepdim=True)
-    w_hat = torch.where(valid, (w - wmin) / (wmax - wmin + _MINMAX_EPS), zero)
-    token_count = lengths.clamp_min(1).to(torch.float32)
-    w_hat_mean = w_hat.sum(dim=-1) / token_count
+    # Eq. 7: per-trajectory min-max over valid tokens (w >= 0 and is 0 elsewhere, so max needs no mask)
+    wmin = w.masked_fill(~valid, float("inf")).amin(dim=-1, keepdim=True)
+    wmax = w.amax(dim=-1, keepdim=True)
+    w_hat = w.sub_(wmin).div_(wmax - wmin + _MINMAX_EPS).mul_(valid)
+    w_hat_sum = w_hat.sum(dim=-1)
+    w_hat_mean = w_hat_sum / lengths.clamp_min(1).to(torch.float32)
 
     # Eq. 8
     psi_low, psi_high = cfg.token_weight_clip
-    psi = (1.0 + w_hat - w_hat_mean.unsqueeze(-1)).clamp(psi_low, psi_high)
-    psi = torch.where(valid, psi, torch.ones_like(psi))
+    psi = (w_hat - w_hat_mean.unsqueeze(-1)).add_(1.0).clamp_(psi_low, psi_high).masked_fill_(~valid, 1.0)
 
     # Eq. 9-11 over the rollouts of the same prompt that carry a signal
-    phi = w_hat.sum(dim=-1) if cfg.accumulation == "sum" else w_hat_mean
+    phi = w_hat_sum if cfg.accumulation == "sum" else w_hat_mean
     groups, num_groups = group_ids(index, rho.device)
     phi_hat, phi_hat_group_mean = group_minmax_normalize(phi, groups, num_groups, has_signal)
     alpha_low, alpha_high = cfg.trajectory_weight_clip

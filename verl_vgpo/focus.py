@@ -4,17 +4,22 @@ Pure torch, packed layout (the one verl's engine uses with ``use_remove_padding=
 are concatenated into ``total_tokens`` rows and ``cu_seqlens`` gives the offsets. Everything is computed
 in float32 whatever the model's dtype, because bf16 cosines tie often and ties inflate the top-k gate.
 
-Work is chunked over tokens (never over single tokens) so that the float32 copy of the hidden state
-never exceeds a fixed budget: the extra memory stays O(tokens), not O(tokens x hidden) in fp32.
+Work is chunked over fixed-size blocks of tokens (never single tokens) so that the float32 copy of the
+hidden state never exceeds a fixed budget: the extra memory stays O(tokens), not O(tokens x hidden).
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import bisect
+
 import torch
 
-# rows of the hidden state converted to float32 at a time: about 16M elements (64 MiB) per chunk
+# rows scored per matmul: small enough that a chunk spans few sequences and its float32 copy stays
+# small (2048 x H), large enough to amortise the per-chunk call overhead
+_CHUNK_ROWS = 2048
+# rows of visual tokens summed at a time for the prototypes: about 16M elements (64 MiB) per chunk
 _CHUNK_ELEMENTS = 1 << 24
 _NORM_FLOOR = 1e-12
 
@@ -70,13 +75,20 @@ def visual_prototype_sums(
     return sums, counts
 
 
-def cosine_to_prototypes(hidden: torch.Tensor, seq_ids: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+def cosine_to_prototypes(
+    hidden: torch.Tensor, seq_ids: torch.Tensor, prototypes: torch.Tensor, cu_seqlens: torch.Tensor
+) -> torch.Tensor:
     """float32 cosine between each position and the prototype of its sequence.
+
+    Sequences are contiguous in the packed layout, so a chunk of rows touches only a short range of
+    sequences: one small matmul against that range's prototypes reads every hidden row exactly once
+    (a per-row gather of prototypes would write a second (tokens, H) tensor).
 
     Args:
         hidden: (total_tokens, H).
         seq_ids: (total_tokens,) values in ``[0, B]``; id ``B`` (padding) gives NaN.
         prototypes: (B, H) float32; a row of NaN (sequence without visual tokens) gives NaN.
+        cu_seqlens: (B+1,) offsets (read on the host once to find each chunk's sequence range).
 
     Returns:
         (total_tokens,) float32.
@@ -85,13 +97,18 @@ def cosine_to_prototypes(hidden: torch.Tensor, seq_ids: torch.Tensor, prototypes
     # one extra NaN prototype for padding positions keeps the gather branch-free
     padded = torch.cat([prototypes, prototypes.new_full((1, prototypes.shape[1]), float("nan"))])
     prototype_norms = padded.norm(dim=-1)
+    ends = cu_seqlens[1:].tolist()
     out = torch.empty(hidden.shape[0], device=hidden.device, dtype=torch.float32)
-    step = _chunk_rows(hidden.shape[-1])
+    step = _CHUNK_ROWS
     for start in range(0, hidden.shape[0], step):
-        h = hidden[start : start + step].float()
-        sid = seq_ids[start : start + step].clamp(max=num_sequences)
-        dots = (h * padded[sid]).sum(dim=-1)
-        out[start : start + step] = dots / (h.norm(dim=-1) * prototype_norms[sid]).clamp_min(_NORM_FLOOR)
+        stop = min(hidden.shape[0], start + step)
+        first = bisect.bisect_right(ends, start)
+        last = min(bisect.bisect_right(ends, stop - 1), num_sequences)
+        h = hidden[start:stop].float()
+        sid = seq_ids[start:stop].clamp(max=num_sequences)
+        dots = (h @ padded[first : last + 1].T).gather(1, (sid - first).unsqueeze(1)).squeeze(1)
+        norms = torch.linalg.vector_norm(h, dim=-1) * prototype_norms[sid]
+        out[start:stop] = dots / norms.clamp_min(_NORM_FLOOR)
     return out
 
 
@@ -134,7 +151,7 @@ def visual_focus_scores(
         seq_ids = sequence_ids(cu_seqlens, hidden.shape[0])
         sums, counts = visual_prototype_sums(hidden, input_ids, seq_ids, num_sequences, visual_token_ids)
         prototypes = prototypes_from_sums(sums, counts)
-        return cosine_to_prototypes(hidden, seq_ids, prototypes)
+        return cosine_to_prototypes(hidden, seq_ids, prototypes, cu_seqlens)
 
 
 def prototypes_from_sums(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -76,7 +76,8 @@ def test_padding_suffix_is_nan_and_sequences_do_not_leak():
 def test_chunking_does_not_change_results(monkeypatch):
     hidden, ids, cu = packed(H=8)
     whole = visual_focus_scores(hidden, ids, cu, [IMAGE, VIDEO])
-    monkeypatch.setattr(focus, "_CHUNK_ELEMENTS", 8 * 3)  # 3 rows per chunk
+    monkeypatch.setattr(focus, "_CHUNK_ELEMENTS", 8 * 3)  # 3 rows per prototype chunk
+    monkeypatch.setattr(focus, "_CHUNK_ROWS", 4)  # chunks that straddle sequence boundaries
     torch.testing.assert_close(visual_focus_scores(hidden, ids, cu, [IMAGE, VIDEO]), whole, equal_nan=True)
 
 
