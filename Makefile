@@ -1,0 +1,36 @@
+# verl-vgpo: `make test` and `make demo` from a fresh clone. Everything installs into ./.venv.
+PYTHON_BOOT ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip
+STAMP       := $(VENV)/.verl-vgpo-installed
+ALGO        ?= vgpo
+STEPS       ?= 4
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench clean-venv
+
+$(STAMP): setup.py constraints.txt
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@# torch first and pinned: a plain resolve of verl's dependencies would fetch another multi-GB build
+	$(PIP) install -q -c constraints.txt torch torchvision
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PY) -c "import torch, torchvision, verl, verl_vgpo; print('torch', torch.__version__, '| verl', verl.__version__)"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m verl_vgpo.demo --algo $(ALGO) --steps $(STEPS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_estimator.py
+	$(PY) benchmarks/bench_focus.py
+	$(PY) benchmarks/bench_logprob_focus.py
+
+clean-venv:
+	rm -rf $(VENV)
