@@ -1,0 +1,65 @@
+"""Geometry3K (hub: hiyouga/geometry3k) -> verl RL parquet: train / validation / test.
+
+Source columns: ``images`` (list of images), ``problem`` (text with an ``<image>`` placeholder),
+``answer`` (final answer). Output layout: see ``vl_math_common``.
+
+    python examples/data_preprocess/geometry3k.py --output_dir ~/data/geometry3k
+    python examples/data_preprocess/geometry3k.py --local_dataset_path /path/to/clone/of/geometry3k
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from vl_math_common import (  # noqa: E402
+    as_image_list,
+    base_argument_parser,
+    convert_split,
+    load_source,
+    make_row,
+    require_field,
+)
+
+HUB_NAME = "hiyouga/geometry3k"
+DATA_SOURCE = "geometry3k"
+SPLITS = ("train", "validation", "test")
+EXTRA_KEYS = ()
+
+
+def convert_row(example, index, split):
+    return make_row(
+        data_source=DATA_SOURCE,
+        split=split,
+        index=index,
+        question=require_field(example, ("problem",)),
+        answer=require_field(example, ("answer",)),
+        images=as_image_list(require_field(example, ("images",))),
+        image_root=None,
+        extra={},
+    )
+
+
+def main(argv=None):
+    parser = base_argument_parser(__doc__.splitlines()[0], os.path.expanduser("~/data/geometry3k"))
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    args = parser.parse_args(argv)
+    for split in args.splits:
+        source = load_source(HUB_NAME, split, args.local_dataset_path)
+        out_path = os.path.join(os.path.expanduser(args.output_dir), f"{split}.parquet")
+        count = convert_split(
+            source,
+            data_source=DATA_SOURCE,
+            split=split,
+            row_fn=lambda example, index, split=split: convert_row(example, index, split),
+            extra_keys=EXTRA_KEYS,
+            out_path=out_path,
+            max_rows=args.max_rows,
+        )
+        print(f"{DATA_SOURCE} {split}: {count} rows -> {out_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""MMK12 (hub: FanqingM/MMK12) -> verl RL parquet: train / test (the VGPO recipe validates on test).
+
+Source columns: ``question``, ``answer``, ``image`` (one image; a list is accepted too), ``subject``
+and ``id`` (kept in extra_info). Output layout: see ``vl_math_common``.
+
+    python examples/data_preprocess/mmk12.py --output_dir ~/data/mmk12 --splits test
+    python examples/data_preprocess/mmk12.py --local_dataset_path /path/to/clone/of/MMK12
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from vl_math_common import (  # noqa: E402
+    as_image_list,
+    base_argument_parser,
+    convert_split,
+    load_source,
+    make_row,
+    require_field,
+)
+
+HUB_NAME = "FanqingM/MMK12"
+DATA_SOURCE = "mmk12"
+SPLITS = ("train", "test")
+EXTRA_KEYS = ("subject", "source_id")
+
+
+def convert_row(example, index, split):
+    return make_row(
+        data_source=DATA_SOURCE,
+        split=split,
+        index=index,
+        question=require_field(example, ("question",)),
+        answer=require_field(example, ("answer",)),
+        images=as_image_list(require_field(example, ("image", "images"))),
+        image_root=None,
+        extra={"subject": example.get("subject"), "source_id": example.get("id")},
+    )
+
+
+def main(argv=None):
+    parser = base_argument_parser(__doc__.splitlines()[0], os.path.expanduser("~/data/mmk12"))
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    args = parser.parse_args(argv)
+    for split in args.splits:
+        source = load_source(HUB_NAME, split, args.local_dataset_path)
+        out_path = os.path.join(os.path.expanduser(args.output_dir), f"{split}.parquet")
+        count = convert_split(
+            source,
+            data_source=DATA_SOURCE,
+            split=split,
+            row_fn=lambda example, index, split=split: convert_row(example, index, split),
+            extra_keys=EXTRA_KEYS,
+            out_path=out_path,
+            max_rows=args.max_rows,
+        )
+        print(f"{DATA_SOURCE} {split}: {count} rows -> {out_path}")
+
+
+if __name__ == "__main__":
+    main()

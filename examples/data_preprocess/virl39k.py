@@ -1,0 +1,80 @@
+"""ViRL39K (hub: TIGER-Lab/ViRL39K) -> verl RL parquet: train (the VGPO recipe's training set).
+
+Source columns: ``question``, ``answer`` (boxed, e.g. ``\\boxed{17}``: the box is removed for the ground
+truth), ``image`` (list of image paths relative to the folder the release's ``images.zip`` is extracted
+to: pass it as ``--image_root``; embedded images are accepted too), and ``category``, ``source``,
+``qid``, ``PassRate_32BTrained``, ``PassRate_7BTrained`` (kept in extra_info as strings, so runs can
+select by difficulty later). Output layout: see ``vl_math_common``.
+
+    huggingface-cli download TIGER-Lab/ViRL39K --repo-type dataset --local-dir ~/raw/ViRL39K
+    (cd ~/raw/ViRL39K && unzip -q images.zip)
+    python examples/data_preprocess/virl39k.py --local_dataset_path ~/raw/ViRL39K --image_root ~/raw/ViRL39K
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from vl_math_common import (  # noqa: E402
+    as_image_list,
+    base_argument_parser,
+    convert_split,
+    load_source,
+    make_row,
+    require_field,
+)
+
+HUB_NAME = "TIGER-Lab/ViRL39K"
+DATA_SOURCE = "virl39k"
+SPLITS = ("train",)
+EXTRA_KEYS = ("category", "source", "qid", "pass_rate_32b_trained", "pass_rate_7b_trained")
+
+
+def convert_row(example, index, split, image_root):
+    return make_row(
+        data_source=DATA_SOURCE,
+        split=split,
+        index=index,
+        question=require_field(example, ("question", "problem")),
+        answer=require_field(example, ("answer",)),
+        images=as_image_list(require_field(example, ("image", "images"))),
+        image_root=image_root,
+        extra={
+            "category": example.get("category"),
+            "source": example.get("source"),
+            "qid": example.get("qid"),
+            "pass_rate_32b_trained": example.get("PassRate_32BTrained"),
+            "pass_rate_7b_trained": example.get("PassRate_7BTrained"),
+        },
+    )
+
+
+def main(argv=None):
+    parser = base_argument_parser(__doc__.splitlines()[0], os.path.expanduser("~/data/virl39k"))
+    parser.add_argument(
+        "--image_root",
+        default=None,
+        help="folder the release's images.zip was extracted to (image paths in the data are relative to it)",
+    )
+    args = parser.parse_args(argv)
+    image_root = os.path.expanduser(args.image_root) if args.image_root else None
+    for split in SPLITS:
+        source = load_source(HUB_NAME, split, args.local_dataset_path)
+        out_path = os.path.join(os.path.expanduser(args.output_dir), f"{split}.parquet")
+        count = convert_split(
+            source,
+            data_source=DATA_SOURCE,
+            split=split,
+            row_fn=lambda example, index, split=split: convert_row(example, index, split, image_root),
+            extra_keys=EXTRA_KEYS,
+            out_path=out_path,
+            max_rows=args.max_rows,
+        )
+        print(f"{DATA_SOURCE} {split}: {count} rows -> {out_path}")
+
+
+if __name__ == "__main__":
+    main()

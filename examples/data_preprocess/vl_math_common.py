@@ -1,0 +1,233 @@
+"""Shared pieces of the multimodal-math converters (ViRL39K, MMK12, Geometry3K) -> verl RL parquet.
+
+One output row (the layout verl's ``RLHFDataset`` reads, as in verl's own geo3k example)::
+
+    data_source   short dataset name ("virl39k", "mmk12", "geometry3k"); the accuracy table and
+                  reward routing key
+    prompt        [{"role": "user", "content": "<image>...question...\n\n<answer-format instruction>"}]
+                  with exactly one "<image>" placeholder per image, in order
+    images        list of images (stored with the Hugging Face Image feature: PNG bytes)
+    ability       "math"
+    reward_model  {"style": "rule", "ground_truth": final answer without \\boxed{}}
+    extra_info    {"split", "index", "question", "answer", + per-dataset string fields}
+
+Images go through ``datasets``' Image feature so that verl (which reads parquet with ``datasets``)
+gets PIL images back, exactly like the hub datasets themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import io
+import os
+from typing import Any, Callable, Iterable, Mapping
+
+# The answer-format instruction appended to every question (the reward reads the last \boxed{}).
+ANSWER_FORMAT_INSTRUCTION = (
+    "First think through the problem step by step inside <think> </think> tags, "
+    "then give the final answer inside \\boxed{}."
+)
+IMAGE_PLACEHOLDER = "<image>"
+
+
+class ConversionError(ValueError):
+    """A source row cannot be converted; the message names the dataset, the row and the field."""
+
+
+def build_prompt(question: str, num_images: int) -> list[dict[str, str]]:
+    """The chat prompt for one question: image placeholders, the question, the answer format.
+
+    A question that already carries ``<image>`` placeholders keeps them where they are (their count
+    must equal the number of images); otherwise the placeholders are put in front of the question.
+    """
+    question = question.strip()
+    present = question.count(IMAGE_PLACEHOLDER)
+    if present == 0:
+        question = IMAGE_PLACEHOLDER * num_images + question
+    elif present != num_images:
+        raise ConversionError(f"question has {present} {IMAGE_PLACEHOLDER} placeholders but {num_images} images")
+    return [{"role": "user", "content": f"{question}\n\n{ANSWER_FORMAT_INSTRUCTION}"}]
+
+
+def strip_boxed(answer: str) -> str:
+    """``\\boxed{17^\\circ}`` -> ``17^\\circ``; an unboxed answer is returned stripped."""
+    answer = answer.strip()
+    if answer.startswith("\\boxed{") and answer.endswith("}"):
+        depth = 0
+        for position, char in enumerate(answer):
+            depth += char == "{"
+            depth -= char == "}"
+            if depth == 0 and char == "}":
+                # only strip when the box spans the whole answer
+                if position == len(answer) - 1:
+                    return answer[len("\\boxed{") : -1].strip()
+                break
+    return answer
+
+
+def to_png_image(image: Any, image_root: str | None) -> dict[str, Any]:
+    """One source image (PIL image, {"bytes"/"path"} dict, or a path) as {"bytes": PNG, "path": None}."""
+    from PIL import Image
+
+    if isinstance(image, Mapping):
+        if image.get("bytes"):
+            image = Image.open(io.BytesIO(image["bytes"]))
+        elif image.get("path"):
+            image = image["path"]
+        else:
+            raise ConversionError(f"image dict without bytes or path: keys {sorted(image)}")
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.isabs(path):
+            if image_root is None:
+                raise ConversionError(
+                    f"image {path!r} is a relative path: pass --image_root (the folder the dataset's "
+                    "image archive was extracted to)"
+                )
+            path = os.path.join(image_root, path)
+        if not os.path.isfile(path):
+            raise ConversionError(f"image file not found: {path}")
+        image = Image.open(path)
+    if not isinstance(image, Image.Image):
+        raise ConversionError(f"unsupported image value of type {type(image).__name__}")
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def as_image_list(value: Any) -> list[Any]:
+    """A row's image field as a list: one image, a list of images, or a string holding a list of paths."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            # some releases store the list of relative paths as its Python/JSON repr
+            parsed = ast.literal_eval(text)
+            if not isinstance(parsed, list):
+                raise ConversionError(f"image field {value!r} is not a list")
+            return parsed
+        return [text]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def make_row(
+    *,
+    data_source: str,
+    split: str,
+    index: int,
+    question: str,
+    answer: str,
+    images: list[Any],
+    image_root: str | None,
+    extra: Mapping[str, str],
+) -> dict[str, Any]:
+    if not isinstance(question, str) or not question.strip():
+        raise ConversionError("empty question")
+    if not isinstance(answer, str) or not strip_boxed(answer):
+        raise ConversionError(f"empty answer {answer!r}")
+    if not images:
+        raise ConversionError("no image: these are multimodal benchmarks, every row needs one")
+    ground_truth = strip_boxed(answer)
+    return {
+        "data_source": data_source,
+        "prompt": build_prompt(question, len(images)),
+        "images": [to_png_image(image, image_root) for image in images],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": ground_truth},
+        "extra_info": {
+            "split": split,
+            "index": index,
+            "question": question.strip(),
+            "answer": ground_truth,
+            **{key: "" if value is None else str(value) for key, value in extra.items()},
+        },
+    }
+
+
+def output_features(extra_keys: Iterable[str]):
+    """The parquet schema (Hugging Face features): images as the Image feature, all else plain."""
+    import datasets
+
+    extra_info = {"split": datasets.Value("string"), "index": datasets.Value("int64")}
+    extra_info.update({"question": datasets.Value("string"), "answer": datasets.Value("string")})
+    extra_info.update({key: datasets.Value("string") for key in extra_keys})
+    return datasets.Features(
+        {
+            "data_source": datasets.Value("string"),
+            "prompt": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+            "images": datasets.List(datasets.Image()),
+            "ability": datasets.Value("string"),
+            "reward_model": {"style": datasets.Value("string"), "ground_truth": datasets.Value("string")},
+            "extra_info": extra_info,
+        }
+    )
+
+
+def load_source(hub_name: str, split: str, local_dataset_path: str | None):
+    """The source split: from the hub by name, or from a local copy (a clone of the hub repository,
+    a folder of parquet files laid out like it, or a ``save_to_disk`` folder)."""
+    import datasets
+
+    if local_dataset_path is None:
+        return datasets.load_dataset(hub_name, split=split)
+    if os.path.isfile(os.path.join(local_dataset_path, "dataset_dict.json")):
+        return datasets.load_from_disk(local_dataset_path)[split]
+    if os.path.isfile(os.path.join(local_dataset_path, "dataset_info.json")):
+        return datasets.load_from_disk(local_dataset_path)
+    return datasets.load_dataset(local_dataset_path, split=split)
+
+
+def convert_split(
+    source,
+    *,
+    data_source: str,
+    split: str,
+    row_fn: Callable[[Mapping[str, Any], int], dict[str, Any]],
+    extra_keys: Iterable[str],
+    out_path: str,
+    max_rows: int | None = None,
+) -> int:
+    """Convert every row of ``source`` with ``row_fn`` and write one parquet file; returns the row count.
+
+    A row that cannot be converted stops the run with its index (no silent dropping).
+    """
+    import datasets
+
+    rows = []
+    for index, example in enumerate(source):
+        if max_rows is not None and index >= max_rows:
+            break
+        try:
+            rows.append(row_fn(example, index))
+        except ConversionError as error:
+            raise ConversionError(f"{data_source} {split} row {index}: {error}") from error
+    if not rows:
+        raise ConversionError(f"{data_source} {split}: the source split is empty")
+    table = datasets.Dataset.from_list(rows, features=output_features(extra_keys))
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    table.to_parquet(out_path)
+    return len(rows)
+
+
+def base_argument_parser(description: str, default_output: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--local_dataset_path",
+        default=None,
+        help="read the source from this local copy instead of the Hugging Face hub",
+    )
+    parser.add_argument("--output_dir", default=default_output, help="where the parquet files are written")
+    parser.add_argument("--max_rows", type=int, default=None, help="convert only the first N rows of each split")
+    return parser
+
+
+def require_field(example: Mapping[str, Any], names: tuple[str, ...]) -> Any:
+    """The first of ``names`` present in the row; a clear error listing the row's columns otherwise."""
+    for name in names:
+        if name in example and example[name] is not None:
+            return example[name]
+    raise ConversionError(f"none of the columns {list(names)} is present; the row has {sorted(example)}")
