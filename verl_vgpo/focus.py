@@ -10,7 +10,7 @@ hidden state never exceeds a fixed budget: the extra memory stays O(tokens), not
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import bisect
 
@@ -76,7 +76,10 @@ def visual_prototype_sums(
 
 
 def cosine_to_prototypes(
-    hidden: torch.Tensor, seq_ids: torch.Tensor, prototypes: torch.Tensor, cu_seqlens: torch.Tensor
+    hidden: torch.Tensor,
+    seq_ids: torch.Tensor,
+    prototypes: torch.Tensor,
+    cu_seqlens: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """float32 cosine between each position and the prototype of its sequence.
 
@@ -86,9 +89,10 @@ def cosine_to_prototypes(
 
     Args:
         hidden: (total_tokens, H).
-        seq_ids: (total_tokens,) values in ``[0, B]``; id ``B`` (padding) gives NaN.
+        seq_ids: (total_tokens,) non-decreasing values in ``[0, B]``; id ``B`` (padding) gives NaN.
         prototypes: (B, H) float32; a row of NaN (sequence without visual tokens) gives NaN.
-        cu_seqlens: (B+1,) offsets (read on the host once to find each chunk's sequence range).
+        cu_seqlens: optional (B+1,) offsets, read on the host once to find each chunk's sequence
+            range; without them (e.g. a sequence-parallel shard) the range is read from ``seq_ids``.
 
     Returns:
         (total_tokens,) float32.
@@ -97,15 +101,18 @@ def cosine_to_prototypes(
     # one extra NaN prototype for padding positions keeps the gather branch-free
     padded = torch.cat([prototypes, prototypes.new_full((1, prototypes.shape[1]), float("nan"))])
     prototype_norms = padded.norm(dim=-1)
-    ends = cu_seqlens[1:].tolist()
+    ends = cu_seqlens[1:].tolist() if cu_seqlens is not None else None
     out = torch.empty(hidden.shape[0], device=hidden.device, dtype=torch.float32)
     step = _CHUNK_ROWS
     for start in range(0, hidden.shape[0], step):
         stop = min(hidden.shape[0], start + step)
-        first = bisect.bisect_right(ends, start)
-        last = min(bisect.bisect_right(ends, stop - 1), num_sequences)
-        h = hidden[start:stop].float()
         sid = seq_ids[start:stop].clamp(max=num_sequences)
+        if ends is not None:
+            first = bisect.bisect_right(ends, start)
+            last = min(bisect.bisect_right(ends, stop - 1), num_sequences)
+        else:
+            first, last = int(sid[0]), int(sid[-1])
+        h = hidden[start:stop].float()
         dots = (h @ padded[first : last + 1].T).gather(1, (sid - first).unsqueeze(1)).squeeze(1)
         norms = torch.linalg.vector_norm(h, dim=-1) * prototype_norms[sid]
         out[start:stop] = dots / norms.clamp_min(_NORM_FLOOR)

@@ -100,3 +100,13 @@ def test_per_sequence_result_independent_of_neighbours():
 def test_bad_input_is_explained(args, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         visual_focus_scores(*args)
+
+
+def test_building_blocks_without_offsets_match(monkeypatch):
+    # the engine's sequence-parallel path scores a shard from seq_ids alone
+    hidden, ids, cu = packed()
+    monkeypatch.setattr(focus, "_CHUNK_ROWS", 5)
+    seq_ids = focus.sequence_ids(cu, hidden.shape[0])
+    sums, counts = focus.visual_prototype_sums(hidden, ids, seq_ids, len(cu) - 1, [IMAGE, VIDEO])
+    scores = focus.cosine_to_prototypes(hidden, seq_ids, focus.prototypes_from_sums(sums, counts))
+    torch.testing.assert_close(scores, visual_focus_scores(hidden, ids, cu, [IMAGE, VIDEO]), equal_nan=True)
