@@ -1,0 +1,562 @@
+"""``actor_rollout_ref.rollout.name=hf_cpu``: a CPU rollout for verl's async server path, built on HF ``generate``.
+
+verl 0.9 only registers async rollout servers (vllm / sglang / trtllm); none of them runs on a CPU-only
+machine. This module plugs a small HF-transformers server into the same two registries those use, so
+``python -m verl.trainer.main_ppo`` runs unchanged (agent loop, load balancer, checkpoint manager):
+
+* ``HFCpuReplica`` (verl ``RolloutReplicaRegistry``, used by the trainer's ``LLMServerManager``): in
+  hybrid mode it starts one ``HFCpuRolloutServer`` Ray actor per replica, next to the training workers,
+  exactly where vLLM would start its HTTP server actor.
+* ``HFCpuRolloutServer``: holds its own copy of the model and answers the token-in/token-out
+  ``generate`` calls of verl's agent loop (``LLMServerClient.generate``), plus the control calls
+  (sleep / wake_up / clear_kv_cache / set_global_steps / abort ...) the trainer makes on vLLM servers.
+* ``HFCpuServerAdapter`` (verl ``_ROLLOUT_REGISTRY[("hf_cpu", "async")]``, built inside each training
+  worker): receives the actor's CURRENT weights from ``ActorRolloutRefWorker.update_weights`` (the
+  ``naive`` checkpoint engine path verl uses for vLLM every step) and ships them to the server.
+
+Only what verl cannot do on CPU is new here; every other part of the step is verl's own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Generator, Optional
+
+ROLLOUT_NAME = "hf_cpu"
+
+
+def register_hf_cpu_rollout() -> None:
+    """Register ``hf_cpu`` in verl's rollout registries (idempotent).
+
+    Defined before this module imports verl: a process whose first import is this module (the server
+    actor unpickling its class) runs verl's plugin loader from inside the ``import verl`` below, and the
+    loader calls this function on the partially initialised module. The classes are looked up by name
+    only when verl asks for them.
+    """
+    from verl.workers.rollout.base import _ROLLOUT_REGISTRY
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    _ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = f"{__name__}.HFCpuServerAdapter"
+    RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: sys.modules[__name__].HFCpuReplica)
+
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+
+from verl.workers.rollout.base import BaseRollout  # noqa: E402
+from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME_PREFIX = f"{ROLLOUT_NAME}_"
+
+# Module prefixes of verl's class-level forward patches (verl.models.transformers.monkey_patch). The
+# patched Qwen-VL forwards expect verl's packed inputs (4-row position ids) and break HF ``generate``.
+_VERL_PATCH_MODULE_PREFIX = "verl."
+
+
+class HFCpuRolloutError(RuntimeError):
+    """A request or configuration the hf_cpu rollout cannot serve (raised with the reason)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Keeping HF generate on the original forwards
+# --------------------------------------------------------------------------------------------------
+
+# (class, attribute) -> original function, captured before verl patches anything in this process
+_ORIGINAL_FORWARDS: dict[tuple[type, str], Any] = {}
+
+
+def _model_classes(model: torch.nn.Module) -> list[type]:
+    classes = {type(module) for module in model.modules()}
+    return [cls for cls in classes if cls.__module__.startswith("transformers.")]
+
+
+def capture_original_forwards(model: torch.nn.Module) -> None:
+    """Remember the unpatched ``forward`` of every transformers class in ``model`` (idempotent)."""
+    for cls in _model_classes(model):
+        for owner in cls.__mro__:
+            forward = owner.__dict__.get("forward")
+            if forward is None or (owner, "forward") in _ORIGINAL_FORWARDS:
+                continue
+            if getattr(forward, "__module__", "").startswith(_VERL_PATCH_MODULE_PREFIX):
+                continue  # already patched: never record a patch as "original"
+            _ORIGINAL_FORWARDS[(owner, "forward")] = forward
+
+
+@contextmanager
+def original_hf_forwards(model: torch.nn.Module):
+    """Run HF ``generate`` on the unpatched forwards, then put verl's patches back.
+
+    verl patches ``Qwen2_5_VLModel.forward`` and friends at class level when its engine builds a model;
+    in a process that both trains and generates, HF ``generate`` would call the patched forward. The
+    server actor normally never applies the patch (it is a separate process), so this is usually a no-op;
+    it raises if a patched forward is found whose original was never captured.
+    """
+    swapped: list[tuple[type, Any]] = []
+    try:
+        for cls in _model_classes(model):
+            for owner in cls.__mro__:
+                forward = owner.__dict__.get("forward")
+                if forward is None or not getattr(forward, "__module__", "").startswith(_VERL_PATCH_MODULE_PREFIX):
+                    continue
+                original = _ORIGINAL_FORWARDS.get((owner, "forward"))
+                if original is None:
+                    raise HFCpuRolloutError(
+                        f"{owner.__name__}.forward is patched by verl ({forward.__module__}) and its original was "
+                        "not captured before the patch; HF generate cannot run on the patched forward"
+                    )
+                swapped.append((owner, forward))
+                owner.forward = original
+        yield
+    finally:
+        for owner, patched in swapped:
+            owner.forward = patched
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation (pure HF; no Ray) -- also used directly by tests
+# --------------------------------------------------------------------------------------------------
+
+
+def suppressed_token_ids(tokenizer, eos_token_ids: list[int]) -> list[int]:
+    """Special / added tokens a sampled response must never contain (image and video pads, vision
+    markers, chat markers), except the end-of-sequence tokens that stop generation.
+
+    A randomly initialised model samples them as freely as any other token; an <|image_pad|> in a
+    response breaks the M-RoPE index of the next forward (pad count no longer matches image_grid_thw).
+    """
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special.update(int(token_id) for token_id in getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    return sorted(token_id for token_id in special if token_id not in set(eos_token_ids))
+
+
+def resolve_max_new_tokens(sampling_params: dict, prompt_len: int, rollout_config) -> int:
+    """The same budget rule as verl's vLLM server: explicit max_tokens, else response_length capped by
+    the prompt+response budget, clamped to [1, room left in max_model_len]."""
+    max_model_len = rollout_config.max_model_len or (rollout_config.prompt_length + rollout_config.response_length)
+    room = max_model_len - prompt_len
+    if room < 1:
+        raise HFCpuRolloutError(
+            f"prompt of {prompt_len} tokens leaves no room to generate within max_model_len={max_model_len}"
+        )
+    if "max_tokens" in sampling_params:
+        budget = int(sampling_params["max_tokens"])
+    elif "max_new_tokens" in sampling_params:
+        budget = int(sampling_params["max_new_tokens"])
+    else:
+        budget = min(
+            rollout_config.response_length,
+            rollout_config.prompt_length + rollout_config.response_length - prompt_len,
+        )
+    return max(1, min(budget, room))
+
+
+def build_generation_inputs(prompt_ids: list[int], image_data, processor, model_config) -> dict[str, torch.Tensor]:
+    """Model inputs for one prompt: ids (image pads already expanded by verl's agent loop), pixels and
+    the multimodal token types that make HF compute the same M-RoPE positions as the trainer."""
+    input_ids = torch.tensor([prompt_ids], dtype=torch.long)
+    inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    image_token_id = getattr(model_config, "image_token_id", None)
+    video_token_id = getattr(model_config, "video_token_id", None)
+    num_image_pads = int((input_ids == image_token_id).sum()) if image_token_id is not None else 0
+
+    if image_data:
+        if processor is None or getattr(processor, "image_processor", None) is None:
+            raise HFCpuRolloutError("the prompt has images but the model has no image processor")
+        if image_token_id is None:
+            raise HFCpuRolloutError(
+                f"the prompt has images but the model config ({type(model_config).__name__}) declares no "
+                "image_token_id: this is not a vision-language model"
+            )
+        pixels = processor.image_processor(images=list(image_data), return_tensors="pt")
+        merge = processor.image_processor.merge_size
+        expected_pads = int(pixels["image_grid_thw"].prod(dim=-1).sum()) // (merge * merge)
+        if expected_pads != num_image_pads:
+            raise HFCpuRolloutError(
+                f"prompt has {num_image_pads} image pad tokens but its {len(image_data)} image(s) need "
+                f"{expected_pads}; the prompt was not built with this model's processor"
+            )
+        inputs["pixel_values"] = pixels["pixel_values"]
+        inputs["image_grid_thw"] = pixels["image_grid_thw"]
+    elif num_image_pads:
+        raise HFCpuRolloutError(f"prompt has {num_image_pads} image pad tokens but no image data")
+
+    if image_token_id is not None:
+        token_types = torch.zeros_like(input_ids, dtype=torch.int32)
+        token_types[input_ids == image_token_id] = 1
+        if video_token_id is not None:
+            token_types[input_ids == video_token_id] = 2
+        inputs["mm_token_type_ids"] = token_types
+    return inputs
+
+
+@torch.no_grad()
+def hf_generate(
+    model,
+    inputs: dict[str, torch.Tensor],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    suppress_ids: list[int],
+    want_log_probs: bool,
+    generator_seed: Optional[int] = None,
+) -> tuple[list[int], Optional[list[float]], str]:
+    """Sample one response; returns (token ids without the prompt, per-token log-probs, stop reason).
+
+    Log-probs are those of the model's raw next-token distribution (like vLLM's default), not of the
+    temperature/top-p-processed one.
+    """
+    do_sample = temperature > 0
+    generation_kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        eos_token_id=eos_token_ids,
+        pad_token_id=pad_token_id,
+        suppress_tokens=suppress_ids or None,
+        return_dict_in_generate=True,
+        output_logits=want_log_probs,
+    )
+    if do_sample:
+        generation_kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k if top_k and top_k > 0 else 0)
+    else:  # greedy: drop sampling knobs so HF does not warn about unused flags
+        generation_kwargs.update(temperature=None, top_p=None, top_k=None)
+    if generator_seed is not None:
+        torch.manual_seed(generator_seed)
+    with original_hf_forwards(model):
+        output = model.generate(**inputs, **generation_kwargs)
+    prompt_len = inputs["input_ids"].shape[1]
+    response = output.sequences[0, prompt_len:].tolist()
+
+    stop_reason = "length"
+    for position, token_id in enumerate(response):
+        if token_id in eos_token_ids:
+            response = response[: position + 1]
+            stop_reason = "completed"
+            break
+
+    log_probs = None
+    if want_log_probs:
+        log_probs = [
+            float(torch.log_softmax(step_logits[0].float(), dim=-1)[token_id])
+            for step_logits, token_id in zip(output.logits, response, strict=False)
+        ]
+    return response, log_probs, stop_reason
+
+
+# --------------------------------------------------------------------------------------------------
+# The server actor
+# --------------------------------------------------------------------------------------------------
+
+
+def _model_path(model_config) -> str:
+    path = model_config.get("local_path", None) if hasattr(model_config, "get") else getattr(model_config, "local_path", None)
+    path = path or (model_config.get("path") if hasattr(model_config, "get") else model_config.path)
+    if not path or not os.path.isdir(path):
+        raise HFCpuRolloutError(
+            f"hf_cpu rollout needs a local model folder in actor_rollout_ref.model.path; got {path!r} "
+            "(nothing is downloaded at run time)"
+        )
+    return path
+
+
+class HFCpuRolloutServer:
+    """Ray actor answering verl's token-in/token-out requests with HF ``generate`` on CPU.
+
+    Requests are served one at a time (an asyncio lock around a worker thread): a weight update waits
+    for the running request and the next request sees the new weights. ``global_steps`` (the weight
+    version) is returned with every response, as vLLM's server does.
+    """
+
+    def __init__(self, config, model_config, replica_rank: int = 0, num_threads: int = 1):
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+        from verl.utils.config import omega_conf_to_dataclass
+
+        self.config = omega_conf_to_dataclass(config)
+        self.replica_rank = replica_rank
+        self.global_steps: Optional[int] = None
+        self.weight_updates = 0
+        self._lock = asyncio.Lock()
+        self._accepting = True
+        torch.set_num_threads(max(1, int(num_threads)))
+
+        path = _model_path(model_config)
+        hf_config = AutoConfig.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        try:
+            self.processor = AutoProcessor.from_pretrained(path)
+        except (OSError, ValueError):
+            self.processor = None
+        if getattr(self.processor, "image_processor", None) is None:
+            self.processor = None
+        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+        self.model.eval()
+        capture_original_forwards(self.model)
+        self.hf_config = hf_config
+
+        generation_eos = self.model.generation_config.eos_token_id
+        eos = generation_eos if isinstance(generation_eos, list) else [generation_eos]
+        if self.tokenizer.eos_token_id is not None:
+            eos.append(self.tokenizer.eos_token_id)
+        self.eos_token_ids = sorted({int(token_id) for token_id in eos if token_id is not None})
+        if not self.eos_token_ids:
+            raise HFCpuRolloutError(f"model at {path} declares no eos token; generation would never stop")
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
+        self.suppress_ids = suppressed_token_ids(self.tokenizer, self.eos_token_ids)
+
+    # ---- generation ------------------------------------------------------------------------------
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        request_id: str,
+        image_data: Optional[list[Any]] = None,
+        video_data: Optional[list[Any]] = None,
+        audio_data: Optional[list[Any]] = None,
+        mm_processor_kwargs: Optional[dict[str, Any]] = None,
+        priority: int = 0,
+        **kwargs: Any,
+    ):
+        if video_data or audio_data:
+            raise HFCpuRolloutError("hf_cpu rollout serves text and image prompts only (got video/audio data)")
+        if not self._accepting:
+            return TokenOutput(token_ids=[], stop_reason="aborted", extra_fields={"global_steps": self.global_steps})
+        prompt_ids = [int(token_id) for token_id in prompt_ids]
+        params = dict(sampling_params)
+        max_new_tokens = resolve_max_new_tokens(params, len(prompt_ids), self.config)
+        inputs = build_generation_inputs(prompt_ids, image_data, self.processor, self.hf_config)
+        seed = (self.config.seed + self.replica_rank) if self.config.full_determinism else None
+
+        async with self._lock:
+            response, log_probs, stop_reason = await asyncio.to_thread(
+                hf_generate,
+                self.model,
+                inputs,
+                max_new_tokens=max_new_tokens,
+                temperature=float(params.get("temperature", 1.0)),
+                top_p=float(params.get("top_p", 1.0)),
+                top_k=int(params.get("top_k", -1)),
+                eos_token_ids=self.eos_token_ids,
+                pad_token_id=self.pad_token_id,
+                suppress_ids=self.suppress_ids,
+                want_log_probs=bool(params.get("logprobs", False)),
+                generator_seed=seed,
+            )
+        return TokenOutput(
+            token_ids=response,
+            log_probs=log_probs,
+            stop_reason=stop_reason,
+            extra_fields={"global_steps": self.global_steps},
+        )
+
+    # ---- weights ---------------------------------------------------------------------------------
+
+    async def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]], global_steps: Optional[int] = None):
+        """Load the actor's full weights (HF names) into the serving model; every parameter must match."""
+        async with self._lock:
+            received = dict(named_tensors)
+            state = self.model.state_dict()
+            unknown = sorted(set(received) - set(state))
+            if unknown:
+                raise HFCpuRolloutError(
+                    f"weight update has {len(unknown)} names the serving model does not have, e.g. {unknown[:3]}"
+                )
+            # tied weights (lm_head = embed_tokens) appear once in the trainer's state dict
+            tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
+            missing = sorted(name for name in set(state) - set(received) if name not in tied)
+            if missing:
+                raise HFCpuRolloutError(
+                    f"weight update misses {len(missing)} parameters of the serving model, e.g. {missing[:3]}"
+                )
+            with torch.no_grad():
+                for name, tensor in received.items():
+                    target = state[name]
+                    if tuple(target.shape) != tuple(tensor.shape):
+                        raise HFCpuRolloutError(
+                            f"weight {name}: trainer shape {tuple(tensor.shape)} != rollout shape {tuple(target.shape)}"
+                        )
+                    target.copy_(tensor.to(dtype=target.dtype))
+            self.weight_updates += 1
+            if global_steps is not None:
+                self.global_steps = global_steps
+        return {"weight_updates": self.weight_updates, "num_tensors": len(received)}
+
+    def named_parameters_snapshot(self) -> dict[str, torch.Tensor]:
+        """The serving model's current weights (for tests that check the weight sync)."""
+        return {name: tensor.detach().clone() for name, tensor in self.model.state_dict().items()}
+
+    def get_weight_version(self) -> dict:
+        return {"global_steps": self.global_steps, "weight_updates": self.weight_updates}
+
+    # ---- control calls the trainer makes on every rollout server (vLLM semantics, nothing to free) ----
+
+    async def wake_up(self, tags: Optional[list[str]] = None):
+        return None
+
+    async def sleep(self):
+        return None
+
+    async def clear_kv_cache(self):
+        return None  # HF generate keeps no cache between requests
+
+    async def release_kv_cache(self):
+        return None
+
+    async def resume_kv_cache(self):
+        return None
+
+    async def set_global_steps(self, global_steps: int):
+        self.global_steps = global_steps
+
+    async def wait_for_requests_to_drain(self):
+        async with self._lock:
+            return None
+
+    async def abort_all_requests(self, reject_request: bool = False) -> dict:
+        # a running HF generate cannot be interrupted; new requests are answered "aborted" until resumed
+        self._accepting = False
+        return {"aborted_count": 0, "request_ids": []}
+
+    async def abort_request(self, request_id: str) -> dict:
+        return {"aborted": False, "request_id": request_id, "error": "hf_cpu serves requests one at a time"}
+
+    async def resume_generation(self):
+        self._accepting = True
+
+    async def start_profile(self, **kwargs):
+        return None
+
+    async def stop_profile(self):
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# verl registry classes
+# --------------------------------------------------------------------------------------------------
+
+
+def server_actor_name(replica_rank: int) -> str:
+    return f"{SERVER_NAME_PREFIX}server_{replica_rank}_0"
+
+
+def _check_single_process_rollout(config) -> None:
+    sizes = {
+        "tensor_model_parallel_size": config.tensor_model_parallel_size,
+        "data_parallel_size": config.data_parallel_size,
+        "pipeline_model_parallel_size": config.pipeline_model_parallel_size,
+    }
+    too_big = {key: value for key, value in sizes.items() if value != 1}
+    if too_big:
+        raise HFCpuRolloutError(
+            f"rollout.name={ROLLOUT_NAME} runs one HF model per replica; set actor_rollout_ref.rollout.{{tp,dp,pp}} "
+            f"sizes to 1 (got {too_big})"
+        )
+
+
+class HFCpuReplica(RolloutReplica):
+    """One HF server actor per replica, started next to the hybrid (actor + rollout) workers."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_single_process_rollout(self.config)
+
+    async def launch_servers(self):
+        if self.rollout_mode != RolloutMode.HYBRID:
+            raise HFCpuRolloutError(
+                f"rollout.name={ROLLOUT_NAME} supports the hybrid (colocated trainer) mode only, "
+                f"got {self.rollout_mode}; use trainer.v1.trainer_mode=sync"
+            )
+        if self.is_reward_model or self.is_teacher_model:
+            raise HFCpuRolloutError(f"rollout.name={ROLLOUT_NAME} does not serve reward or teacher models")
+        if len(self.workers) != self.world_size:
+            raise HFCpuRolloutError(f"{len(self.workers)} workers for a rollout world size of {self.world_size}")
+        node_id = await self.workers[0].__ray_call__.remote(lambda worker: ray.get_runtime_context().get_node_id())
+        name = server_actor_name(self.replica_rank)
+        server = (
+            ray.remote(HFCpuRolloutServer)
+            .options(
+                name=name,
+                num_cpus=0,  # the training worker it serves already holds the CPU slot
+                max_concurrency=self.max_concurrency,
+                scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+                    node_id=node_id, soft=False
+                ),
+            )
+            .remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
+        )
+        await server.get_weight_version.remote()  # surfaces constructor errors here, not at the first request
+        self.servers = [server]
+        self._server_handle = server
+        self._server_address = f"{ROLLOUT_NAME}://{name}"
+
+
+class HFCpuServerAdapter(BaseRollout):
+    """Inside each training worker: forwards the weight sync and sleep/wake calls to the server actor."""
+
+    def __init__(self, config, model_config, device_mesh, replica_rank: int = -1):
+        super().__init__(config, model_config, device_mesh)
+        _check_single_process_rollout(self.config)
+        rank = int(os.environ.get("RANK", "0"))
+        self.replica_rank = rank if replica_rank == -1 else replica_rank
+        self._server = None
+
+    def _server_handle(self):
+        if self._server is None:
+            name = server_actor_name(self.replica_rank)
+            try:
+                self._server = ray.get_actor(name)
+            except ValueError as error:
+                raise HFCpuRolloutError(
+                    f"hf_cpu rollout server actor {name!r} is not running; it is started by verl's "
+                    "LLMServerManager (HFCpuReplica.launch_servers)"
+                ) from error
+        return self._server
+
+    async def resume(self, tags: list[str]):
+        if self.config.free_cache_engine:
+            await self._server_handle().wake_up.remote(tags=tags)
+
+    async def release(self):
+        if self.config.free_cache_engine:
+            await self._server_handle().sleep.remote()
+
+    @torch.no_grad()
+    async def update_weights(
+        self,
+        weights: Generator[tuple[str, torch.Tensor], None, None],
+        wire_format: str = "named_tensors",
+        global_steps: Optional[int] = None,
+        peft_config=None,
+        **kwargs,
+    ):
+        if wire_format != "named_tensors":
+            raise HFCpuRolloutError(
+                f"hf_cpu rollout takes full weights (checkpoint_engine.backend=naive), got wire_format={wire_format!r}"
+            )
+        if peft_config is not None:
+            raise HFCpuRolloutError(
+                "hf_cpu rollout cannot load LoRA adapters; set actor_rollout_ref.model.lora.merge=True"
+            )
+        start = time.perf_counter()
+        # iterate on every rank: DTensor.full_tensor() inside the generator is a collective
+        named_tensors = [(name, tensor.detach().to("cpu").clone()) for name, tensor in weights]
+        result = await self._server_handle().update_weights.remote(named_tensors, global_steps)
+        logger.info(
+            "hf_cpu update_weights: %d tensors to replica %d in %.3fs (step %s)",
+            result["num_tensors"],
+            self.replica_rank,
+            time.perf_counter() - start,
+            global_steps,
+        )
