@@ -1,0 +1,205 @@
+"""verl_vgpo.evaluate: protocols, scoring and the accuracy table, and the CLI on the tiny offline VLM.
+
+Generation with the model runs in child processes (the CLI, as users run it): verl's class-level
+patch of the Qwen-VL forward, applied by engine tests earlier in the same pytest process, breaks HF
+``generate``, and a fresh interpreter is also what the CLI gets in practice.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from verl_vgpo.evaluate import Example, Protocol, evaluate, format_table, parse_protocol
+from verl_vgpo.rewards.math_boxed import compute_score
+
+REPO = Path(__file__).resolve().parents[2]
+CHILD_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+# (data_source, question, answer, image height): three sources, unequal sizes
+ROWS = [
+    ("mmk12", "What is 1 + 2?", "3", 30),
+    ("mmk12", "What is 2 + 2?", "4", 40),
+    ("mmk12", "Which option? A. 1 B. 2", "B", 50),
+    ("geometry3k", "Find x.", "5", 36),
+    ("virl39k", "What is the angle?", "60^\\circ", 44),
+]
+
+
+@pytest.fixture(scope="module")
+def benchmark_parquet(tmp_path_factory):
+    sys.path.insert(0, str(REPO / "examples" / "data_preprocess"))
+    try:
+        from vl_math_common import make_row, output_features
+    finally:
+        sys.path.pop(0)
+    rows = []
+    for index, (source, question, answer, height) in enumerate(ROWS):
+        pixels = np.random.RandomState(index).randint(0, 256, (height, 40, 3), dtype=np.uint8)
+        rows.append(
+            make_row(
+                data_source=source,
+                split="test",
+                index=index,
+                question=question,
+                answer=answer,
+                images=[Image.fromarray(pixels)],
+                image_root=None,
+                extra={},
+            )
+        )
+    path = tmp_path_factory.mktemp("bench") / "bench.parquet"
+    datasets.Dataset.from_list(rows, features=output_features(())).to_parquet(str(path))
+    return path
+
+
+def _examples():
+    return [
+        Example(data_source=source, index=i, messages=[], images=[], ground_truth=answer)
+        for i, (source, _, answer, _) in enumerate(ROWS)
+    ]
+
+
+class ScriptedResponses:
+    """Stands in for the model in the table test: fixed response texts per protocol and prompt."""
+
+    def __init__(self, by_protocol):
+        self.by_protocol = by_protocol
+
+    def __call__(self, examples, protocol):
+        return self.by_protocol[protocol.name]
+
+
+def test_accuracy_table_from_known_responses():
+    greedy = [["\\boxed{3}"], ["\\boxed{5}"], ["\\boxed{(B) 2}"], ["no box: 5"], ["\\boxed{60}"]]
+    avg = [
+        ["\\boxed{3}", "\\boxed{3}", "\\boxed{1}", "x"],  # 2/4
+        ["\\boxed{4}"] * 4,  # 4/4
+        ["\\boxed{A}"] * 4,  # 0/4
+        ["\\boxed{5}", "\\boxed{6}", "\\boxed{6}", "\\boxed{6}"],  # 1/4
+        ["\\boxed{60^\\circ}", "\\boxed{60}", "\\boxed{30}", "\\boxed{60°}"],  # 3/4
+    ]
+    protocols = [Protocol("greedy", 1, 0.0), Protocol("avg@4", 4, 1.0)]
+    rows, records, _ = evaluate(_examples(), ScriptedResponses({"greedy": greedy, "avg@4": avg}), protocols)
+    table = {row["data_source"]: row for row in rows}
+    assert [row["data_source"] for row in rows] == ["geometry3k", "mmk12", "virl39k", "all", "mean_of_sources"]
+    assert table["mmk12"]["prompts"] == 3
+    assert table["mmk12"]["greedy"] == pytest.approx(100 * 2 / 3)
+    assert table["geometry3k"]["greedy"] == 0.0 and table["virl39k"]["greedy"] == 100.0
+    assert table["mmk12"]["avg@4"] == pytest.approx(100 * (0.5 + 1.0 + 0.0) / 3)
+    assert table["geometry3k"]["avg@4"] == pytest.approx(25.0) and table["virl39k"]["avg@4"] == pytest.approx(75.0)
+    # "all" weighs prompts equally, "mean_of_sources" weighs benchmarks equally
+    assert table["all"]["greedy"] == pytest.approx(100 * 3 / 5)
+    assert table["mean_of_sources"]["greedy"] == pytest.approx((200 / 3 + 0 + 100) / 3)
+    assert table["all"]["avg@4"] == pytest.approx(100 * (0.5 + 1 + 0 + 0.25 + 0.75) / 5)
+    assert len(records) == 10 and records[5]["acc"] == [1.0, 1.0, 0.0, 0.0]
+    assert "| mmk12 | 3 | 66.67 | 50.00 |" in format_table(rows, ["greedy", "avg@4"])
+
+
+def test_wrong_number_of_responses_is_an_error():
+    with pytest.raises(ValueError, match="expected 4 responses"):
+        evaluate(_examples(), ScriptedResponses({"avg@4": [["\\boxed{1}"]] * 5}), [Protocol("avg@4", 4, 1.0)])
+
+
+def test_protocols():
+    assert parse_protocol("greedy", 1.0) == Protocol("greedy", 1, 0.0)
+    assert parse_protocol("avg@8", 1.0) == Protocol("avg@8", 8, 1.0)
+    for bad in ("avg@0", "pass@8", "avg8", "Greedy"):
+        with pytest.raises(ValueError, match="unknown protocol"):
+            parse_protocol(bad, 1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        parse_protocol("avg@8", 0.0)
+
+
+def _run_cli(model, data, out_dir, *extra):
+    command = [sys.executable, "-m", "verl_vgpo.evaluate", "--model_path", str(model), "--data", str(data)]
+    command += ["--output_dir", str(out_dir), "--backend", "hf", "--max_new_tokens", "12", *extra]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=CHILD_ENV, cwd=REPO)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
+def test_cli_on_tiny_vlm(tiny_vlm_path, benchmark_parquet, tmp_path):
+    out = tmp_path / "batched"
+    stdout = _run_cli(tiny_vlm_path, benchmark_parquet, out, "--protocols", "greedy", "avg@3", "--batch_size", "3")
+    summary = json.loads((out / "results.json").read_text())
+    records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert summary["backend"] == "hf"
+    assert summary["protocols"] == [
+        {"name": "greedy", "num_samples": 1, "temperature": 0.0},
+        {"name": "avg@3", "num_samples": 3, "temperature": 1.0},
+    ]
+    assert [len(r["responses"]) for r in records] == [1] * 5 + [3] * 5
+    # the saved table is exactly the rescored saved responses
+    for row in summary["table"]:
+        if row["data_source"] == "mean_of_sources":
+            continue
+        chosen = [r for r in records if row["data_source"] in ("all", r["data_source"])]
+        for protocol in ("greedy", "avg@3"):
+            per_prompt = [
+                np.mean([compute_score(r["data_source"], text, r["ground_truth"])["acc"] for text in r["responses"]])
+                for r in chosen
+                if r["protocol"] == protocol
+            ]
+            assert row[protocol] == pytest.approx(100 * np.mean(per_prompt))
+    assert "| mmk12 | 3 |" in stdout and "| all | 5 |" in stdout
+
+    # greedy decoding does not depend on how prompts are batched (left padding + multimodal positions)
+    single = tmp_path / "single"
+    _run_cli(tiny_vlm_path, benchmark_parquet, single, "--protocols", "greedy", "--batch_size", "1")
+    single_records = [json.loads(line) for line in (single / "generations.jsonl").read_text().splitlines()]
+    assert [r["responses"] for r in single_records] == [r["responses"] for r in records[:5]]
+    assert any(r["responses"][0] for r in single_records), "the model generated nothing at all"
+
+
+REFERENCE_SCRIPT = r"""
+import json, sys, torch
+from verl_vgpo.evaluate import HFGenerator, load_examples, parse_protocol
+model_path, data_path, steps = sys.argv[1], sys.argv[2], 10
+examples = load_examples([data_path])
+generator = HFGenerator(model_path, steps, batch_size=len(examples), seed=0)
+batched = [r[0] for r in generator(examples, parse_protocol("greedy", 1.0))]
+processor, model = generator.processor, generator.model
+reference = []
+for example in examples:
+    # uncached greedy loop, one prompt at a time: every step recomputes the whole sequence
+    text = processor.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=example.images, return_tensors="pt")
+    sequence, types = inputs["input_ids"], inputs["mm_token_type_ids"]
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(input_ids=sequence, attention_mask=torch.ones_like(sequence),
+                           mm_token_type_ids=types, pixel_values=inputs["pixel_values"],
+                           image_grid_thw=inputs["image_grid_thw"]).logits[0, -1]
+        logits[generator.suppressed_token_ids] = -float("inf")
+        token = logits.argmax().view(1, 1)
+        sequence, types = torch.cat([sequence, token], 1), torch.cat([types, torch.zeros_like(token)], 1)
+        if token.item() == processor.tokenizer.eos_token_id:
+            break
+    reference.append(processor.tokenizer.decode(sequence[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+tokenizer = processor.tokenizer
+suppressed = tokenizer.convert_ids_to_tokens(generator.suppressed_token_ids)
+print(json.dumps({"batched": batched, "reference": reference, "suppressed": suppressed}))
+"""
+
+
+def test_hf_generation_matches_an_uncached_single_prompt_decode(tiny_vlm_path, benchmark_parquet):
+    completed = subprocess.run(
+        [sys.executable, "-c", REFERENCE_SCRIPT, str(tiny_vlm_path), str(benchmark_parquet)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=CHILD_ENV,
+        cwd=REPO,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["batched"] == result["reference"]
+    assert {"<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"} <= set(result["suppressed"])
+    assert "<|im_end|>" not in result["suppressed"]  # end of sequence stays possible
