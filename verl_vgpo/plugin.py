@@ -15,6 +15,10 @@ logger = logging.getLogger("verl_vgpo")
 # (module, function) pairs run in order at load. Each function must be idempotent.
 REGISTRATIONS: list[tuple[str, str]] = [
     ("verl_vgpo.advantage", "register_estimator"),
+    # inert unless VERL_PLATFORM=cpu selects it; must precede register_engines (it adds the "cpu" keys)
+    ("verl_vgpo.cpu", "register_cpu_platform"),
+    # focus-capturing FSDP language-model engines for every device (old-log-prob pass only)
+    ("verl_vgpo.engine", "register_engines"),
     # V1 trainers with the focus hand-over; last: importing verl's trainer modules resolves the platform
     ("verl_vgpo.trainer", "register_trainers"),
 ]

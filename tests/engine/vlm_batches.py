@@ -1,0 +1,239 @@
+"""Helpers of the engine tests: real processor inputs for the tiny VLM, verl batches, plain-HF references.
+
+Everything here uses the real ``Qwen2_5_VLProcessor`` and ``Qwen2_5_VLForConditionalGeneration``; the
+references run the model's ORIGINAL transformers forward (verl's engine monkey-patches the classes,
+so the test session snapshots the original methods before any engine exists: see conftest.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+# classes whose methods verl's monkey patch replaces (Qwen2-VL family); snapshotted and restored
+PATCHED_QWEN_METHODS = (
+    ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "forward"),
+    ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLModel", "forward"),
+    ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLAttention", "forward"),
+    ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLTextModel", "forward"),
+    ("transformers.models.qwen2_vl.modeling_qwen2_vl", "Qwen2VLForConditionalGeneration", "forward"),
+    ("transformers.models.qwen2_vl.modeling_qwen2_vl", "Qwen2VLModel", "forward"),
+    ("transformers.models.qwen2_vl.modeling_qwen2_vl", "Qwen2VLAttention", "forward"),
+    ("transformers.models.qwen2_vl.modeling_qwen2_vl", "Qwen2VLTextModel", "forward"),
+)
+
+
+def snapshot_qwen_methods() -> dict:
+    import importlib
+
+    snapshot = {}
+    for module_name, class_name, attribute in PATCHED_QWEN_METHODS:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        snapshot[(cls, attribute)] = cls.__dict__[attribute]
+    return snapshot
+
+
+def restore_qwen_methods(snapshot: dict) -> None:
+    for (cls, attribute), value in snapshot.items():
+        setattr(cls, attribute, value)
+
+
+@contextlib.contextmanager
+def original_qwen_methods(snapshot: dict):
+    """Run the block with transformers' own Qwen-VL methods, then put back whatever was there."""
+    current = {key: key[0].__dict__[key[1]] for key in snapshot}
+    restore_qwen_methods(snapshot)
+    try:
+        yield
+    finally:
+        restore_qwen_methods(current)
+
+
+@dataclass
+class Sample:
+    name: str
+    input_ids: torch.Tensor  # (L,)
+    position_ids: torch.Tensor  # (4, L): text positions + 3 M-RoPE rows, as verl's agent loop builds them
+    multi_modal_inputs: dict  # processor outputs without input_ids / attention_mask / mm_token_type_ids
+    response_length: int
+
+
+def random_image(seed: int, size: int = 64) -> Image.Image:
+    return Image.fromarray(np.random.RandomState(seed).randint(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def random_video(seed: int, frames: int = 4, size: int = 64) -> np.ndarray:
+    return np.random.RandomState(seed).randint(0, 256, (frames, size, size, 3), dtype=np.uint8)
+
+
+def mm_token_type_ids(input_ids: torch.Tensor, config) -> torch.Tensor:
+    types = torch.zeros_like(input_ids)
+    types[input_ids == config.image_token_id] = 1
+    types[input_ids == config.video_token_id] = 2
+    return types
+
+
+def make_sample(name, processor, model, content, response, images=None, videos=None) -> Sample:
+    """Chat prompt (+ images/videos) and a response, tokenised by the real processor."""
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+    encoded = processor(text=[text], images=images, videos=videos, return_tensors="pt")
+    response_ids = processor.tokenizer(response, return_tensors="pt")["input_ids"]
+    input_ids = torch.cat([encoded["input_ids"], response_ids], dim=1)
+    multi_modal_inputs = {
+        k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")
+    }
+    length = input_ids.shape[1]
+    if images or videos:
+        rope, _ = model.model.get_rope_index(
+            input_ids=input_ids,
+            mm_token_type_ids=mm_token_type_ids(input_ids, model.config),
+            image_grid_thw=multi_modal_inputs.get("image_grid_thw"),
+            video_grid_thw=multi_modal_inputs.get("video_grid_thw"),
+            second_per_grid_ts=multi_modal_inputs.get("second_per_grid_ts"),
+        )
+        rope = rope[:, 0]
+    else:
+        rope = torch.arange(length).expand(3, -1)
+    position_ids = torch.cat([torch.arange(length).unsqueeze(0), rope], dim=0)
+    return Sample(name, input_ids[0], position_ids, multi_modal_inputs, response_ids.shape[1])
+
+
+def standard_samples(processor, model) -> list[Sample]:
+    """One image, text only, two images, video only (the cases the focus contract names)."""
+    return [
+        make_sample("image", processor, model, [{"type": "image"}, {"type": "text", "text": "What color is the circle?"}],
+                    "The circle is red.", images=[random_image(0)]),
+        make_sample("text_only", processor, model, [{"type": "text", "text": "Is there a red shape?"}], "no"),
+        make_sample("two_images", processor, model,
+                    [{"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"},
+                     {"type": "text", "text": "Same shape?"}],
+                    "yes, both are a triangle", images=[random_image(1), random_image(2)]),
+        make_sample("video_only", processor, model, [{"type": "video"}, {"type": "text", "text": "What shape?"}],
+                    "rectangle", videos=[random_video(3)]),
+    ]
+
+
+def build_batch(samples, **non_tensor):
+    """The TensorDict verl's worker bridge hands to ``TrainingWorker.infer_batch`` (no-padding layout)."""
+    from verl.utils import tensordict_utils as tu
+
+    def nested(tensors):
+        return torch.nested.as_nested_tensor(tensors, layout=torch.jagged)
+
+    loss_masks = [
+        torch.cat([torch.zeros(len(s.input_ids) - s.response_length), torch.ones(s.response_length)]) for s in samples
+    ]
+    return tu.get_tensordict(
+        {
+            "input_ids": nested([s.input_ids for s in samples]),
+            "position_ids": nested([s.position_ids for s in samples]),
+            "loss_mask": nested(loss_masks),
+            "multi_modal_inputs": [dict(s.multi_modal_inputs) for s in samples],
+        },
+        non_tensor_dict={"temperature": 1.0, "calculate_entropy": False, "compute_loss": False, **non_tensor},
+    )
+
+
+def reference_outputs(model, sample: Sample, snapshot: dict):
+    """Plain HF forward of one sample with output_hidden_states=True: (log_probs, focus) in float64.
+
+    log_probs[p] = log p(token p+1) (verl's layout); focus[p] = cosine of the last hidden state at p
+    to the mean last hidden state of the sample's image and video pads (NaN without any).
+    """
+    input_ids = sample.input_ids.unsqueeze(0)
+    with original_qwen_methods(snapshot), torch.no_grad():
+        output = model(
+            input_ids=input_ids,
+            position_ids=sample.position_ids.unsqueeze(1),
+            mm_token_type_ids=mm_token_type_ids(input_ids, model.config),
+            output_hidden_states=True,
+            **sample.multi_modal_inputs,
+        )
+    logits = output.logits[0].double()
+    log_probs = torch.log_softmax(logits, dim=-1)[:-1].gather(-1, sample.input_ids[1:, None])[:, 0]
+    hidden = output.hidden_states[-1][0].double()
+    visual = (sample.input_ids == model.config.image_token_id) | (sample.input_ids == model.config.video_token_id)
+    if not visual.any():
+        return log_probs, torch.full((len(sample.input_ids),), float("nan"), dtype=torch.float64)
+    prototype = hidden[visual].mean(0)
+    focus = torch.nn.functional.cosine_similarity(hidden, prototype.unsqueeze(0), dim=-1)
+    return log_probs, focus
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_single_process_group() -> None:
+    """A one-process gloo group, what verl's TrainingWorker expects to find (no Ray needed)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(key, value)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+
+
+def build_training_worker(model_path: str, use_remove_padding: bool):
+    """verl's real TrainingWorker with the FSDP2 engine, fp32, sdpa attention, on the CPU platform."""
+    from verl.trainer.config.config import CheckpointConfig
+    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
+    from verl.workers.engine_workers import TrainingWorker, TrainingWorkerConfig
+
+    model_config = HFModelConfig(
+        path=model_path,
+        override_config={"attn_implementation": "sdpa"},
+        use_remove_padding=use_remove_padding,
+        enable_gradient_checkpointing=False,
+    )
+    engine_config = FSDPEngineConfig(
+        strategy="fsdp2",
+        use_dynamic_bsz=False,
+        infer_micro_batch_size_per_gpu=2,
+        micro_batch_size_per_gpu=2,
+        infer_max_token_len_per_gpu=4096,
+        max_token_len_per_gpu=4096,
+        mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
+        use_torch_compile=False,
+    )
+    worker = TrainingWorker(
+        TrainingWorkerConfig(
+            model_type="language_model",
+            model_config=model_config,
+            engine_config=engine_config,
+            optimizer_config=FSDPOptimizerConfig(lr=1e-5),
+            checkpoint_config=CheckpointConfig(),
+        )
+    )
+    worker.reset()
+    return worker
+
+
+def cpu_varlen_attention(query, key, value, attention_mask, query_length, is_causal=True, position_ids=None, **kwargs):
+    """Stand-in for flash-attn's varlen kernel (which cannot exist on CPU), for verl's packed VLM path.
+
+    Same contract as ``verl.models.transformers.qwen2_vl._custom_flash_attention_forward`` without SP:
+    q/k/v (1, L, heads, head_dim) of several packed sequences; a sequence starts where the text
+    position id is 0; causal attention within each sequence only.
+    """
+    assert query.shape[0] == 1 and position_ids is not None and position_ids.shape[0] == 1
+    starts = (position_ids[0] == 0).to(torch.int64)
+    segment = torch.cumsum(starts, dim=0)
+    same_sequence = segment.unsqueeze(0) == segment.unsqueeze(1)
+    causal = torch.ones_like(same_sequence).tril()
+    mask = (same_sequence & causal).unsqueeze(0).unsqueeze(0)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=mask
+    )
+    return out.transpose(1, 2)

@@ -1,0 +1,375 @@
+"""Worker side of VGPO: verl's FSDP language-model engines, extended to return visual focus scores.
+
+The old-log-prob forward already computes the last hidden state of every token; VGPO needs exactly
+that state (after the final norm) to score each token against its sequence's visual prototype. So
+instead of a second pass or ``output_hidden_states=True`` (which keeps every layer alive), a forward
+hook on the language model's final norm turns the hidden state into one float32 cosine per token
+while the forward runs, and the engine adds the result to its output dict beside ``log_probs``:
+
+* only when the batch's extra info carries ``CAPTURE_FOCUS_FLAG`` and only in forward-only passes
+  (reference and update passes never capture; the trainer sets the flag for the old-log-prob pass
+  only and must remove it afterwards, because the reference pass reuses the same extra info);
+* the field ``FOCUS_OUTPUT_KEY`` is a jagged nested tensor over the FULL sequence (prompt +
+  response), same layout as ``log_probs``, so verl's worker bridge gathers it, restores the row order
+  (also under dynamic batch size) and writes it to TransferQueue under its own name. Unlike
+  ``log_probs`` (position p holds the log-prob of token p+1), focus is NOT shifted: position p holds
+  the focus of token p itself, so a response of length R is ``focus[end-R:end]``;
+* seconds spent on focus are reported as the metric ``FOCUS_TIME_KEY`` (one value per micro-batch);
+* which pad tokens form the prototype: the extra-info key ``VISUAL_TOKENS_KEY`` (a list drawn from
+  ``("image", "video")``, i.e. ``algorithm.vgpo.visual_tokens``); absent means both. The token ids
+  come from the model config (``image_token_id`` / ``video_token_id``).
+
+Both layouts of verl's engine are handled: packed (``use_remove_padding=True``, the model sees
+``(1, total_tokens + pad)`` with the pad as a suffix) and padded (``(B, max_len)``). Under Ulysses
+sequence parallelism each rank holds a contiguous shard of the packed sequence: per-sequence
+prototype sums and counts are all-reduced over the SP group, each rank scores its own shard and only
+the (tokens,) float32 scores are all-gathered, so the hidden state itself is never gathered.
+
+:func:`register_engines` (run at plugin load) replaces verl's registered FSDP language-model engines
+(``fsdp``, ``fsdp2``, ``fsdp_turbo``; every device) by focus-capturing subclasses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from verl_vgpo.config import VISUAL_TOKEN_KINDS
+from verl_vgpo.focus import (
+    cosine_to_prototypes,
+    prototypes_from_sums,
+    sequence_ids,
+    visual_focus_scores,
+    visual_prototype_sums,
+)
+from verl_vgpo.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY
+
+logger = logging.getLogger("verl_vgpo")
+
+# extra_info key naming which visual pad tokens form the prototype: a list drawn from VISUAL_TOKEN_KINDS
+VISUAL_TOKENS_KEY = "vgpo_visual_tokens"
+
+# verl backends whose language-model engine is FSDPEngineWithLMHead or a subclass of it
+FOCUS_BACKENDS = ("fsdp", "fsdp2", "fsdp_turbo")
+
+# name suffixes of the language model's final norm, most specific first (VLMs keep the decoder under
+# ``language_model``; text-only models have ``model.norm``). FSDP1 / PEFT only add prefixes.
+_FINAL_NORM_SUFFIXES = ("language_model.norm", "model.norm")
+
+
+class FocusCaptureError(RuntimeError):
+    """Focus capture was requested but cannot be done correctly for this model or batch."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# pure helpers (no engine state): module lookup, token ids, layouts
+# ---------------------------------------------------------------------------------------------------
+
+
+def find_final_norm(module: torch.nn.Module) -> torch.nn.Module:
+    """The language model's final norm (its output is ``hidden_states[-1]``), found by name suffix."""
+    names = [name for name, _ in module.named_modules()]
+    for suffix in _FINAL_NORM_SUFFIXES:
+        matches = [
+            name
+            for name in names
+            if (name == suffix or name.endswith("." + suffix)) and "visual" not in name and "vision" not in name
+        ]
+        if len(matches) == 1:
+            return module.get_submodule(matches[0])
+        if len(matches) > 1:
+            raise FocusCaptureError(
+                f"VGPO focus capture found several candidate final norms ending in {suffix!r}: {matches}; "
+                "cannot tell which one feeds lm_head"
+            )
+    norms = [name for name in names if name.endswith("norm")][-5:]
+    raise FocusCaptureError(
+        "VGPO focus capture needs the language model's final norm (a module named '...language_model.norm' "
+        f"or '...model.norm'), but {type(module).__name__} has none; last norm-like modules: {norms}"
+    )
+
+
+def visual_token_ids(hf_config: Any, kinds: Iterable[str] | None = None) -> list[int]:
+    """Ids of the visual pad tokens of the selected kinds, read from the model config."""
+    kinds = tuple(VISUAL_TOKEN_KINDS if kinds is None else kinds)
+    unknown = [kind for kind in kinds if kind not in VISUAL_TOKEN_KINDS]
+    if unknown or not kinds:
+        raise FocusCaptureError(
+            f"{VISUAL_TOKENS_KEY} must be a non-empty list drawn from {list(VISUAL_TOKEN_KINDS)}, got {list(kinds)}"
+        )
+    ids = []
+    for kind in kinds:
+        token_id = getattr(hf_config, f"{kind}_token_id", None)
+        if token_id is None and hasattr(hf_config, "text_config"):
+            token_id = getattr(hf_config.text_config, f"{kind}_token_id", None)
+        if token_id is not None:
+            ids.append(int(token_id))
+    if not ids:
+        raise FocusCaptureError(
+            f"VGPO needs a vision-language model: the model config ({type(hf_config).__name__}) defines none of "
+            f"{[kind + '_token_id' for kind in kinds]}"
+        )
+    return ids
+
+
+def padded_to_packed(hidden: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
+    """(B, max_len, H) right-padded hidden states -> (total_tokens, H) packed in sequence order."""
+    if hidden.dim() != 3 or hidden.shape[0] != seq_lens.numel():
+        raise FocusCaptureError(
+            f"padded layout: expected hidden (B={seq_lens.numel()}, max_len, H), got {tuple(hidden.shape)}"
+        )
+    valid = torch.arange(hidden.shape[1], device=hidden.device) < seq_lens.to(hidden.device).unsqueeze(1)
+    return hidden[valid]
+
+
+def focus_on_sequence_shard(
+    hidden_shard: torch.Tensor,
+    packed_input_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    shard_offset: int,
+    visual_ids: Sequence[int],
+    all_reduce=None,
+) -> torch.Tensor:
+    """Focus of the positions ``[shard_offset, shard_offset + len(hidden_shard))`` of a packed sequence.
+
+    The shard may cut sequences anywhere: the per-sequence visual sums and counts of every shard are
+    combined by ``all_reduce`` (in place, summing; None for a single shard) before the prototypes are
+    formed, so every shard scores against the prototype of the whole sequence.
+
+    Args:
+        hidden_shard: (L, H) hidden states of this shard.
+        packed_input_ids: (total_tokens + pad,) ids of the whole padded packed sequence.
+        cu_seqlens: (B+1,) offsets of the real sequences; positions past ``cu_seqlens[-1]`` are padding.
+        shard_offset: global position of the shard's first row.
+
+    Returns:
+        (L,) float32 scores, NaN on padding and on sequences without visual tokens.
+    """
+    length = hidden_shard.shape[0]
+    device = hidden_shard.device
+    cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int64)
+    num_sequences = cu_seqlens.numel() - 1
+    positions = torch.arange(shard_offset, shard_offset + length, device=device)
+    seq_ids = torch.searchsorted(cu_seqlens[1:], positions, right=True)
+    shard_ids = packed_input_ids[shard_offset : shard_offset + length].to(device)
+    if shard_ids.numel() != length:
+        raise FocusCaptureError(
+            f"sequence shard [{shard_offset}, {shard_offset + length}) runs past the packed input "
+            f"({packed_input_ids.numel()} positions)"
+        )
+    sums, counts = visual_prototype_sums(hidden_shard, shard_ids, seq_ids, num_sequences, visual_ids)
+    if all_reduce is not None:
+        all_reduce(sums)
+        all_reduce(counts)
+    prototypes = prototypes_from_sums(sums, counts)
+    return cosine_to_prototypes(hidden_shard, seq_ids, prototypes, cu_seqlens - shard_offset)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the capture: one forward hook, alive only during one micro-batch forward
+# ---------------------------------------------------------------------------------------------------
+
+
+class _FocusHook:
+    """Forward hook on the final norm that turns its output into focus scores right away.
+
+    Scoring inside the hook means the hidden state is not kept past the norm's own lifetime; only the
+    (tokens,) float32 scores survive the forward.
+    """
+
+    def __init__(self, engine, micro_batch, visual_ids: Sequence[int], use_remove_padding: bool):
+        self.engine = engine
+        input_ids = micro_batch["input_ids"]
+        self.cu_seqlens = input_ids.offsets().to(torch.int64)
+        self.packed_input_ids = input_ids.values()
+        self.visual_ids = list(visual_ids)
+        self.use_remove_padding = use_remove_padding
+        self.focus: torch.Tensor | None = None
+        self.seconds = 0.0
+
+    def __call__(self, module, args, output):
+        if self.focus is not None:
+            raise FocusCaptureError(
+                "the final norm ran twice in one micro-batch forward; VGPO focus capture expects one pass"
+            )
+        start = time.perf_counter()
+        hidden = output[0] if isinstance(output, tuple) else output
+        with torch.no_grad():
+            self.focus = self._score(hidden.detach())
+        self.seconds += time.perf_counter() - start
+        return None
+
+    def _score(self, hidden: torch.Tensor) -> torch.Tensor:
+        total = int(self.cu_seqlens[-1])
+        if not self.use_remove_padding:
+            packed = padded_to_packed(hidden, self.cu_seqlens.diff())
+            return visual_focus_scores(packed, self.packed_input_ids.to(packed.device), self.cu_seqlens, self.visual_ids)
+
+        if hidden.dim() != 3 or hidden.shape[0] != 1:
+            raise FocusCaptureError(f"packed layout: expected hidden (1, tokens, H), got {tuple(hidden.shape)}")
+        hidden = hidden[0]
+        engine = self.engine
+        if not getattr(engine, "use_ulysses_sp", False):
+            # the pad (pad_to_length bucket) is a suffix: visual_focus_scores marks it NaN, then we drop it
+            pad = hidden.shape[0] - total
+            if pad < 0:
+                raise FocusCaptureError(f"packed hidden has {hidden.shape[0]} rows for {total} tokens")
+            ids = self.packed_input_ids.to(hidden.device)
+            if pad:
+                ids = torch.cat([ids, ids.new_zeros(pad)])
+            return visual_focus_scores(hidden, ids, self.cu_seqlens, self.visual_ids)[:total]
+
+        import torch.distributed as dist
+
+        from verl.utils.ulysses import gather_outputs_and_unpad
+
+        group = engine.ulysses_parallel_group
+        sp_size = dist.get_world_size(group)
+        sp_rank = dist.get_rank(group)
+        shard_len = hidden.shape[0]
+        pad = shard_len * sp_size - total
+        if pad < 0:
+            raise FocusCaptureError(f"SP shards of {shard_len} rows x {sp_size} cannot hold {total} tokens")
+        ids = self.packed_input_ids.to(hidden.device)
+        ids = torch.cat([ids, ids.new_zeros(pad)])
+
+        def all_reduce(tensor):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+
+        shard_focus = focus_on_sequence_shard(
+            hidden, ids, self.cu_seqlens, sp_rank * shard_len, self.visual_ids, all_reduce=all_reduce
+        )
+        return gather_outputs_and_unpad(shard_focus, gather_dim=0, unpad_dim=0, padding_size=pad, group=group)
+
+
+@contextmanager
+def focus_hook(norm: torch.nn.Module, hook: _FocusHook):
+    """Register ``hook`` on ``norm`` for the duration of the block; always removed afterwards."""
+    handle = norm.register_forward_hook(hook)
+    try:
+        yield hook
+    finally:
+        handle.remove()
+
+
+# ---------------------------------------------------------------------------------------------------
+# the engine subclasses
+# ---------------------------------------------------------------------------------------------------
+
+
+def _non_tensor(micro_batch, key: str, default):
+    from verl.utils import tensordict_utils as tu
+
+    return tu.get_non_tensor_data(data=micro_batch, key=key, default=default)
+
+
+class FocusCaptureMixin:
+    """Adds VGPO focus capture to an ``FSDPEngineWithLMHead`` (sub)class; see the module docstring."""
+
+    vgpo_focus_capture = True
+
+    def forward_step(self, micro_batch, loss_function, forward_only):
+        if not (forward_only and bool(_non_tensor(micro_batch, CAPTURE_FOCUS_FLAG, False))):
+            return super().forward_step(micro_batch, loss_function=loss_function, forward_only=forward_only)
+
+        kinds = _non_tensor(micro_batch, VISUAL_TOKENS_KEY, None)
+        visual_ids = visual_token_ids(self.model_config.hf_config, kinds)
+        use_remove_padding = bool(_non_tensor(micro_batch, "use_remove_padding", True))
+        hook = _FocusHook(self, micro_batch, visual_ids, use_remove_padding)
+        with focus_hook(find_final_norm(self.module), hook):
+            loss, output = super().forward_step(micro_batch, loss_function=loss_function, forward_only=forward_only)
+        if hook.focus is None:
+            raise FocusCaptureError("the model's final norm never ran during the forward; no focus scores")
+
+        start = time.perf_counter()
+        cu_seqlens = micro_batch["input_ids"].offsets()
+        focus = hook.focus.to(cu_seqlens.device)
+        if focus.shape[0] != int(cu_seqlens[-1]):
+            raise FocusCaptureError(f"focus has {focus.shape[0]} positions for {int(cu_seqlens[-1])} tokens")
+        output["model_output"][FOCUS_OUTPUT_KEY] = torch.nested.nested_tensor_from_jagged(focus, cu_seqlens)
+        output["metrics"][FOCUS_TIME_KEY] = hook.seconds + (time.perf_counter() - start)
+        return loss, output
+
+
+_FOCUS_CLASSES: dict[type, type] = {}
+
+
+def focus_engine_class(base: type) -> type:
+    """The focus-capturing subclass of an engine class (one per base class, so registering is idempotent)."""
+    if getattr(base, "vgpo_focus_capture", False):
+        return base
+    if base not in _FOCUS_CLASSES:
+        _FOCUS_CLASSES[base] = type(
+            f"VGPOFocus{base.__name__}",
+            (FocusCaptureMixin, base),
+            {"__module__": __name__, "__doc__": f"{base.__name__} that also returns VGPO visual focus scores."},
+        )
+    return _FOCUS_CLASSES[base]
+
+
+def register_engines() -> None:
+    """Replace verl's FSDP language-model engines (every device) by their focus-capturing subclasses."""
+    from verl.workers.engine import EngineRegistry
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+    by_backend = EngineRegistry._engines.get("language_model", {})
+    replaced = []
+    for backend in FOCUS_BACKENDS:
+        for key, engine_class in list(by_backend.get(backend, {}).items()):
+            if isinstance(engine_class, type) and issubclass(engine_class, FSDPEngineWithLMHead):
+                by_backend[backend][key] = focus_engine_class(engine_class)
+                replaced.append(f"{backend}/{key}")
+    if not replaced:
+        raise FocusCaptureError("no FSDP language-model engine is registered in verl; cannot install VGPO capture")
+    _fix_text_only_visual_dummy()
+    logger.debug("verl-vgpo: focus-capturing engines installed for %s", replaced)
+
+
+# ---------------------------------------------------------------------------------------------------
+# compatibility fix in verl's Qwen2-VL forward
+# ---------------------------------------------------------------------------------------------------
+
+
+def _fix_text_only_visual_dummy() -> None:
+    """Make verl's patched Qwen2/2.5-VL forward work for micro-batches without any image or video.
+
+    verl 0.9.1 runs the vision tower on a dummy image when a micro-batch has no pixels (so that every
+    FSDP rank uses the same parameters) and adds ``0 * image_embeds.mean()``; with transformers >= 5
+    the vision tower returns an output object, and ``.mean()`` on it raises AttributeError. Text-only
+    micro-batches (text prompts, the trainer's balance-padding rows) then crash. This wraps verl's
+    helper: micro-batches with pixels go to it unchanged; text-only ones get the same zero-weighted
+    dummy through ``unpack_visual_output``.
+    """
+    try:
+        import verl.models.transformers.qwen2_vl as qwen2_vl
+    except ImportError:
+        return
+    original = getattr(qwen2_vl, "_get_input_embeds", None)
+    if original is None or getattr(original, "vgpo_text_only_fix", False):
+        return
+    from verl.utils.transformers_compat import unpack_visual_output
+
+    def get_input_embeds(model, input_ids, attention_mask=None, pixel_values=None, pixel_values_videos=None,
+                         image_grid_thw=None, video_grid_thw=None):
+        if pixel_values is not None or pixel_values_videos is not None:
+            return original(model, input_ids, attention_mask, pixel_values, pixel_values_videos,
+                            image_grid_thw, video_grid_thw)
+        inputs_embeds = model.get_input_embeddings()(input_ids)
+        vision = model.config.vision_config
+        # smallest valid grid: one temporal patch of 2x2 merge windows (4x4 patches)
+        grid = torch.tensor([[1, 2 * vision.spatial_merge_size, 2 * vision.spatial_merge_size]],
+                            dtype=torch.long, device=inputs_embeds.device)
+        patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        dummy_pixels = torch.zeros((int(grid.prod()), patch_dim), dtype=model.visual.dtype, device=inputs_embeds.device)
+        dummy_embeds, _ = unpack_visual_output(model.visual(dummy_pixels, grid_thw=grid))
+        inputs_embeds = inputs_embeds + 0.0 * dummy_embeds.mean().to(inputs_embeds.dtype)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(inputs_embeds.device)
+        return inputs_embeds, attention_mask
+
+    get_input_embeds.vgpo_text_only_fix = True
+    qwen2_vl._get_input_embeds = get_input_embeds
