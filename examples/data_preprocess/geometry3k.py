@@ -43,11 +43,11 @@ def convert_row(example, index, split):
 
 
 def main(argv=None):
-    parser = base_argument_parser(__doc__.splitlines()[0], os.path.expanduser("~/data/geometry3k"))
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    parser = base_argument_parser(__doc__.splitlines()[0], HUB_NAME, os.path.expanduser("~/data/geometry3k"))
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS))
     args = parser.parse_args(argv)
     for split in args.splits:
-        source = load_source(HUB_NAME, split, args.local_dataset_path)
+        source = load_source(args.hub_name, split, args.local_dataset_path)
         out_path = os.path.join(os.path.expanduser(args.output_dir), f"{split}.parquet")
         count = convert_split(
             source,

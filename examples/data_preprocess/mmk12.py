@@ -1,7 +1,9 @@
 """MMK12 (hub: FanqingM/MMK12) -> verl RL parquet: train / test (the VGPO recipe validates on test).
 
 Source columns: ``question``, ``answer``, ``image`` (one image; a list is accepted too), ``subject``
-and ``id`` (kept in extra_info). Output layout: see ``vl_math_common``.
+and ``id`` (kept in extra_info). Output layout: see ``vl_math_common``. The VGPO and PAPO authors
+validate on PAPO's preprocessed copy ``PAPOGalaxy/PAPO_MMK12_test`` (columns ``images``, ``problem``,
+``answer`` are accepted as well): ``--hub_name PAPOGalaxy/PAPO_MMK12_test --splits <its split>``.
 
     python examples/data_preprocess/mmk12.py --output_dir ~/data/mmk12 --splits test
     python examples/data_preprocess/mmk12.py --local_dataset_path /path/to/clone/of/MMK12
@@ -34,7 +36,7 @@ def convert_row(example, index, split):
         data_source=DATA_SOURCE,
         split=split,
         index=index,
-        question=require_field(example, ("question",)),
+        question=require_field(example, ("question", "problem")),
         answer=require_field(example, ("answer",)),
         images=as_image_list(require_field(example, ("image", "images"))),
         image_root=None,
@@ -43,11 +45,11 @@ def convert_row(example, index, split):
 
 
 def main(argv=None):
-    parser = base_argument_parser(__doc__.splitlines()[0], os.path.expanduser("~/data/mmk12"))
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    parser = base_argument_parser(__doc__.splitlines()[0], HUB_NAME, os.path.expanduser("~/data/mmk12"))
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS))
     args = parser.parse_args(argv)
     for split in args.splits:
-        source = load_source(HUB_NAME, split, args.local_dataset_path)
+        source = load_source(args.hub_name, split, args.local_dataset_path)
         out_path = os.path.join(os.path.expanduser(args.output_dir), f"{split}.parquet")
         count = convert_split(
             source,

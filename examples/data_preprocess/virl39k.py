@@ -4,7 +4,9 @@ Source columns: ``question``, ``answer`` (boxed, e.g. ``\\boxed{17}``: the box i
 truth), ``image`` (list of image paths relative to the folder the release's ``images.zip`` is extracted
 to: pass it as ``--image_root``; embedded images are accepted too), and ``category``, ``source``,
 ``qid``, ``PassRate_32BTrained``, ``PassRate_7BTrained`` (kept in extra_info as strings, so runs can
-select by difficulty later). Output layout: see ``vl_math_common``.
+select by difficulty later). Output layout: see ``vl_math_common``. The VGPO and PAPO authors train on
+PAPO's preprocessed copy with embedded images, ``--hub_name PAPOGalaxy/PAPO_ViRL39K_train`` (columns
+``images``, ``problem``, ``answer`` are accepted as well; no --image_root needed).
 
     huggingface-cli download TIGER-Lab/ViRL39K --repo-type dataset --local-dir ~/raw/ViRL39K
     (cd ~/raw/ViRL39K && unzip -q images.zip)
@@ -53,16 +55,17 @@ def convert_row(example, index, split, image_root):
 
 
 def main(argv=None):
-    parser = base_argument_parser(__doc__.splitlines()[0], os.path.expanduser("~/data/virl39k"))
+    parser = base_argument_parser(__doc__.splitlines()[0], HUB_NAME, os.path.expanduser("~/data/virl39k"))
     parser.add_argument(
         "--image_root",
         default=None,
         help="folder the release's images.zip was extracted to (image paths in the data are relative to it)",
     )
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS))
     args = parser.parse_args(argv)
     image_root = os.path.expanduser(args.image_root) if args.image_root else None
-    for split in SPLITS:
-        source = load_source(HUB_NAME, split, args.local_dataset_path)
+    for split in args.splits:
+        source = load_source(args.hub_name, split, args.local_dataset_path)
         out_path = os.path.join(os.path.expanduser(args.output_dir), f"{split}.parquet")
         count = convert_split(
             source,

@@ -213,8 +213,13 @@ def convert_split(
     return len(rows)
 
 
-def base_argument_parser(description: str, default_output: str) -> argparse.ArgumentParser:
+def base_argument_parser(description: str, default_hub_name: str, default_output: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--hub_name",
+        default=default_hub_name,
+        help="Hugging Face dataset to read (e.g. a preprocessed copy with the same columns)",
+    )
     parser.add_argument(
         "--local_dataset_path",
         default=None,

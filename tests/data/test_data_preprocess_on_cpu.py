@@ -237,3 +237,17 @@ def test_bad_rows_fail_with_the_row_and_reason(tmp_path):
         )
     assert common.strip_boxed("\\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
     assert common.strip_boxed("\\boxed{1} and \\boxed{2}") == "\\boxed{1} and \\boxed{2}"
+
+
+def test_papo_preprocessed_layout_is_accepted(tmp_path):
+    """The VGPO/PAPO authors' copies (PAPOGalaxy/PAPO_*) carry embedded ``images`` and ``problem``."""
+    rows = {"train": [{"images": [_image(8)], "problem": "<image>How many sides?", "answer": "\\boxed{6}"}]}
+    source = _write_hub_layout(tmp_path / "papo", rows, GEOMETRY3K_FEATURES)
+    _converter("virl39k").main(["--local_dataset_path", str(source), "--output_dir", str(tmp_path / "v")])
+    _converter("mmk12").main(
+        ["--local_dataset_path", str(source), "--output_dir", str(tmp_path / "m"), "--splits", "train"]
+    )
+    for out_dir, data_source in ((tmp_path / "v", "virl39k"), (tmp_path / "m", "mmk12")):
+        (row,) = _read_output(out_dir / "train.parquet")
+        assert row["data_source"] == data_source and row["reward_model"]["ground_truth"] == "6"
+        assert row["prompt"][0]["content"].startswith("<image>How many sides?")
