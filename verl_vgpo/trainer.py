@@ -7,7 +7,9 @@ captures during the old-log-prob forward. This module closes that gap with one m
 methods, installed for all three modes into ``TRAINER_REGISTRY`` by :func:`register_trainers`:
 
 * ``_compute_old_log_prob``: asks the workers for focus scores (``CAPTURE_FOCUS_FLAG`` and the visual
-  token kinds in ``batch.extra_info``) for that pass only; the engine writes ``FOCUS_OUTPUT_KEY`` to TQ.
+  token kinds in ``batch.extra_info``) for that pass only; the engine writes ``FOCUS_OUTPUT_KEY`` to TQ
+  and reports its capture time as the engine metric ``FOCUS_TIME_KEY``, which this layer reads from the
+  worker output (verl's method discards that output, so the worker group is wrapped for the pass).
 * ``_compute_advantage``: reads the focus field, aligns it to the response tokens and runs verl's own
   ``_compute_advantage`` inside :func:`verl_vgpo.advantage.focus_scores_for_advantage`, then merges the
   estimator's metrics into the step metrics (which verl's tracker logs).
@@ -199,12 +201,45 @@ def response_aligned_focus(
     return aligned.masked_fill(~inside, float("nan"))
 
 
-def _total_seconds(field: Any) -> float:
-    """Sum of an engine timing field that carries each row's share of the capture time."""
-    if isinstance(field, torch.Tensor):
-        values = field.values() if field.is_nested else field
-        return float(values.to(torch.float64).sum())
-    raise FocusLayoutError(f"{FOCUS_TIME_KEY} must be a tensor field with one entry per row, got {type(field).__name__}")
+def _sum_seconds(value: Any) -> float:
+    """Total of the engine's focus-time metric: per micro-batch values, gathered per data-parallel rank."""
+    if isinstance(value, (list, tuple)):
+        return sum(_sum_seconds(v) for v in value)
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().to(torch.float64).sum())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"engine metric {FOCUS_TIME_KEY} must hold numbers, got {type(value).__name__}: {value!r}")
+
+
+class _RecordingWorkerGroup:
+    """Stands in for the actor worker group during the old-log-prob pass to keep what it returns.
+
+    verl's ``_compute_old_log_prob`` discards the worker output, whose ``extra_info["metrics"]`` carries
+    the engine's focus time. Every other attribute (separate_async's save/restore calls) is delegated.
+    """
+
+    def __init__(self, worker_group: Any):
+        self._worker_group = worker_group
+        self.outputs: list[Any] = []
+
+    def compute_log_prob(self, *args, **kwargs):
+        output = self._worker_group.compute_log_prob(*args, **kwargs)
+        self.outputs.append(output)
+        return output
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._worker_group, name)
+
+
+def _engine_focus_seconds(outputs: list[Any]) -> Optional[float]:
+    """Seconds the engines report under FOCUS_TIME_KEY in the outputs of the pass; None if none report."""
+    values = []
+    for output in outputs:
+        engine_metrics = (getattr(output, "extra_info", None) or {}).get("metrics") or {}
+        if FOCUS_TIME_KEY in engine_metrics:
+            values.append(engine_metrics[FOCUS_TIME_KEY])
+    return _sum_seconds(values) if values else None
 
 
 def _multi_output_keys(keys: list[str]) -> list[str]:
@@ -255,32 +290,37 @@ class VGPOTrainerMixin:
         # the batch meta, so the request is removed again whatever happens inside
         batch.extra_info[CAPTURE_FOCUS_FLAG] = True
         batch.extra_info[FOCUS_VISUAL_TOKENS_KEY] = list(self.vgpo_config.visual_tokens)
+        worker_group = self.actor_rollout_wg
+        recorder = _RecordingWorkerGroup(worker_group)
+        self.actor_rollout_wg = recorder
         try:
             result = super()._compute_old_log_prob(batch, metrics)
         finally:
+            self.actor_rollout_wg = worker_group
             for key in _CAPTURE_KEYS:
                 batch.extra_info.pop(key, None)
         if result is not None and result is not batch and result.extra_info:
             for key in _CAPTURE_KEYS:
                 result.extra_info.pop(key, None)
+        capture_seconds = _engine_focus_seconds(recorder.outputs)
+        if capture_seconds is not None:
+            metrics[FOCUS_CAPTURE_TIME_METRIC] = capture_seconds
         return result
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         if self.vgpo_config is None:
             return super()._compute_advantage(batch, metrics)
         started = time.perf_counter()
-        focus, capture_seconds = self._fetch_response_focus(batch)
+        focus = self._fetch_response_focus(batch)
         fetched = time.perf_counter()
         with focus_scores_for_advantage(focus) as step:
             batch = super()._compute_advantage(batch, metrics)
         metrics.update(step.metrics)
         metrics[FOCUS_FETCH_TIME_METRIC] = fetched - started
-        if capture_seconds is not None:
-            metrics[FOCUS_CAPTURE_TIME_METRIC] = capture_seconds
         return batch
 
-    def _fetch_response_focus(self, batch: KVBatchMeta) -> tuple[torch.Tensor, Optional[float]]:
-        """(bs, R) focus aligned with the padded response_mask verl builds, and engine capture seconds."""
+    def _fetch_response_focus(self, batch: KVBatchMeta) -> torch.Tensor:
+        """(bs, R) focus aligned with the padded response_mask that verl's _compute_advantage builds."""
         extra = _multi_output_keys(list(batch.keys))
         if extra:
             raise VGPOConfigError(
@@ -291,16 +331,14 @@ class VGPOTrainerMixin:
         data = tq.kv_batch_get(
             keys=batch.keys,
             partition_id=batch.partition_id,
-            select_fields=[FOCUS_OUTPUT_KEY, "response_mask", FOCUS_TIME_KEY],
+            select_fields=[FOCUS_OUTPUT_KEY, "response_mask"],
         )
         if FOCUS_OUTPUT_KEY not in data.keys():
             raise MissingFocusFieldError(_missing_focus_message(len(batch)))
         sequence_lengths = None
         if batch.tags and all("seq_len" in tag for tag in batch.tags):
             sequence_lengths = torch.tensor([tag["seq_len"] for tag in batch.tags], dtype=torch.int64)
-        focus = response_aligned_focus(data[FOCUS_OUTPUT_KEY], data["response_mask"], sequence_lengths)
-        capture_seconds = _total_seconds(data[FOCUS_TIME_KEY]) if FOCUS_TIME_KEY in data.keys() else None
-        return focus, capture_seconds
+        return response_aligned_focus(data[FOCUS_OUTPUT_KEY], data["response_mask"], sequence_lengths)
 
 
 # Subclasses keep verl's class for each mode and add the mixin in front; the registry maps each mode

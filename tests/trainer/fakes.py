@@ -122,7 +122,7 @@ class FakeActorWorkerGroup:
         self.row_of_key = row_of_key
         self.images = images
         self.focus_mode = "full"
-        self.seconds_per_row = 0.25
+        self.focus_seconds_per_micro_batch = (0.25, 0.5)
         self.calls: list[tuple[str, dict]] = []
         self._dispatch_info = {"actor": [0]}  # one data-parallel rank
 
@@ -150,7 +150,6 @@ class FakeActorWorkerGroup:
                     values = values[n - response_len :]
                 focus.append(values)
             out[FOCUS_OUTPUT_KEY] = focus
-            out[FOCUS_TIME_KEY] = [torch.tensor(self.seconds_per_row) for _ in lengths]
         fields = TensorDict(
             {
                 name: (torch.stack(v) if v[0].dim() == 0 else torch.nested.as_nested_tensor(v, layout=torch.jagged))
@@ -158,7 +157,13 @@ class FakeActorWorkerGroup:
             },
             batch_size=len(batch),
         )
-        return self.fake_tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+        output = self.fake_tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+        # the worker bridge returns the engine metrics in extra_info; verl gathers each metric over the
+        # data-parallel ranks into a list of per-micro-batch lists
+        output.extra_info = {"metrics": {"loss": [0.0]}}
+        if batch.extra_info.get(CAPTURE_FOCUS_FLAG) and self.focus_mode != "none":
+            output.extra_info["metrics"][FOCUS_TIME_KEY] = [list(self.focus_seconds_per_micro_batch)]
+        return output
 
     def update_actor(self, batch):
         self._record("update_actor", batch)

@@ -153,7 +153,7 @@ def test_step_hands_own_position_focus_to_the_estimator_and_logs_its_metrics(mak
         assert same_number(metrics[key], want_metrics[key]), key
     assert metrics[METRIC_PREFIX + "no_signal_fraction"] == pytest.approx(1 / 6)
     assert metrics[FOCUS_FETCH_TIME_METRIC] >= 0.0
-    assert metrics[FOCUS_CAPTURE_TIME_METRIC] == pytest.approx(rig.workers.seconds_per_row * len(KEYS))
+    assert metrics[FOCUS_CAPTURE_TIME_METRIC] == pytest.approx(sum(rig.workers.focus_seconds_per_micro_batch))
     assert METRIC_PREFIX + "timing/reweight_s" in metrics
     assert "actor/pg_loss" in metrics  # verl's own metrics are still there
 
@@ -208,6 +208,8 @@ def test_every_mode_captures_and_consumes_focus(mode, make_config, make_rig):
 
     batch = rig.trainer._compute_old_log_prob(batch, metrics)
     assert CAPTURE_FOCUS_FLAG not in batch.extra_info
+    assert rig.trainer.actor_rollout_wg is rig.workers  # the recording stand-in is gone again
+    assert metrics[FOCUS_CAPTURE_TIME_METRIC] == pytest.approx(sum(rig.workers.focus_seconds_per_micro_batch))
     batch = rig.trainer._compute_advantage(batch, metrics)
 
     if mode == "separate_async":
@@ -236,6 +238,7 @@ def test_capture_request_is_removed_when_the_pass_fails(make_config, make_rig):
     with pytest.raises(RuntimeError, match="worker died"):
         rig.trainer._compute_old_log_prob(batch, {})
     assert CAPTURE_FOCUS_FLAG not in batch.extra_info and FOCUS_VISUAL_TOKENS_KEY not in batch.extra_info
+    assert rig.trainer.actor_rollout_wg is rig.workers
 
 
 # ------------------------------------------------------------------------------------------------
