@@ -93,6 +93,11 @@ def validate_like_verl(config):
     if config.algorithm.adv_estimator == "vgpo":
         assert vgpo_block is not None, "the vgpo recipe must declare algorithm.vgpo"
     vgpo = VGPOConfig.from_algorithm_config(config.algorithm)
+    if config.algorithm.adv_estimator == "vgpo":
+        # the refusals verl-vgpo's trainer layer applies when the trainer is constructed
+        from verl_vgpo.trainer import check_vgpo_trainer_config
+
+        assert check_vgpo_trainer_config(config) == vgpo
     get_adv_estimator_fn(config.algorithm.adv_estimator)  # raises for an unregistered estimator
     # reward loop: the manager class and the custom reward function are resolved from these keys
     manager_cls = resolve_reward_manager_cls(config)
@@ -242,6 +247,11 @@ def test_a_typo_in_an_override_fails(recorder, tmp_path):
         "run_qwen2_5_vl_7b_vgpo.sh", recorder, tmp_path, extra_args=["algorithm.vgpo.gate_top_ratio=1.5"]
     )
     with pytest.raises(VGPOConfigError, match="gate_top_ratio"):
+        validate_like_verl(config)
+    config = compose_script(
+        "run_qwen2_5_vl_7b_vgpo.sh", recorder, tmp_path, extra_args=["actor_rollout_ref.actor.policy_loss.loss_mode=gspo"]
+    )
+    with pytest.raises(VGPOConfigError, match="gspo"):
         validate_like_verl(config)
     # a misspelt value is caught by verl's own dataclass checks
     config = compose_script(
