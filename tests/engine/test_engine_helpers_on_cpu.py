@@ -1,0 +1,159 @@
+"""Pure helpers of the focus-capturing engine: final-norm lookup, token ids, layouts, SP shards, registry."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from verl_vgpo.engine import (
+    FocusCaptureError,
+    find_final_norm,
+    focus_on_sequence_shard,
+    padded_to_packed,
+    visual_token_ids,
+)
+from verl_vgpo.focus import visual_focus_scores
+
+
+class _Norm(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+def _vlm_like(prefix_levels=()):
+    """A module tree named like Qwen2.5-VL (model.language_model.norm, model.visual.merger.norm)."""
+    language_model = torch.nn.Module()
+    language_model.norm = _Norm()
+    visual = torch.nn.Module()
+    visual.merger = torch.nn.Module()
+    visual.merger.norm = _Norm()
+    inner = torch.nn.Module()
+    inner.language_model = language_model
+    inner.visual = visual
+    root = torch.nn.Module()
+    root.model = inner
+    for name in prefix_levels:  # FSDP1 / PEFT wrappers only add name prefixes
+        wrapper = torch.nn.Module()
+        setattr(wrapper, name, root)
+        root = wrapper
+    return root, language_model.norm
+
+
+@pytest.mark.parametrize("prefixes", [(), ("_fsdp_wrapped_module",), ("model", "base_model")])
+def test_final_norm_found_under_wrapper_prefixes(prefixes):
+    root, norm = _vlm_like(prefixes)
+    assert find_final_norm(root) is norm
+
+
+def test_final_norm_of_text_model_and_clear_errors():
+    text_model = torch.nn.Module()
+    text_model.model = torch.nn.Module()
+    text_model.model.norm = _Norm()
+    assert find_final_norm(text_model) is text_model.model.norm
+
+    with pytest.raises(FocusCaptureError, match="final norm"):
+        find_final_norm(torch.nn.Linear(2, 2))
+
+    two = torch.nn.Module()
+    two.a, two.b = _vlm_like()[0], _vlm_like()[0]
+    with pytest.raises(FocusCaptureError, match="several candidate"):
+        find_final_norm(two)
+
+
+def test_visual_token_ids_from_config():
+    config = types.SimpleNamespace(image_token_id=12, video_token_id=13)
+    assert visual_token_ids(config) == [12, 13]
+    assert visual_token_ids(config, ["video"]) == [13]
+    nested = types.SimpleNamespace(text_config=types.SimpleNamespace(image_token_id=5))
+    assert visual_token_ids(nested, ["image", "video"]) == [5]
+    with pytest.raises(FocusCaptureError, match="vision-language model"):
+        visual_token_ids(types.SimpleNamespace(vocab_size=10))
+    with pytest.raises(FocusCaptureError, match="drawn from"):
+        visual_token_ids(config, ["audio"])
+    with pytest.raises(FocusCaptureError, match="drawn from"):
+        visual_token_ids(config, [])
+
+
+def test_padded_to_packed_keeps_sequence_order():
+    lengths = torch.tensor([3, 1, 2])
+    hidden = torch.arange(3 * 4 * 2, dtype=torch.float32).reshape(3, 4, 2)
+    packed = padded_to_packed(hidden, lengths)
+    expected = torch.cat([hidden[0, :3], hidden[1, :1], hidden[2, :2]])
+    assert torch.equal(packed, expected)
+    with pytest.raises(FocusCaptureError):
+        padded_to_packed(hidden[:2], lengths)
+
+
+@pytest.mark.parametrize("sp_size", [2, 3, 4])
+def test_sequence_parallel_shards_reproduce_the_full_computation(sp_size):
+    """Shards that cut sequences anywhere, with summed prototype statistics, give the unsharded focus."""
+    generator = torch.Generator().manual_seed(sp_size)
+    lengths = [7, 5, 9, 4]  # sequence 1 has no visual token
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    total = int(cu_seqlens[-1])
+    input_ids = torch.randint(20, 50, (total,), generator=generator)
+    for seq, visual_positions in ((0, [1, 2]), (2, [0, 4, 8]), (3, [3])):
+        input_ids[cu_seqlens[seq] + torch.tensor(visual_positions)] = torch.tensor([12, 13, 12])[: len(visual_positions)]
+    hidden = torch.randn(total, 8, generator=generator)
+    expected = visual_focus_scores(hidden, input_ids, cu_seqlens, [12, 13])
+
+    shard_len = -(-total // sp_size)
+    pad = shard_len * sp_size - total
+    padded_ids = torch.cat([input_ids, input_ids.new_zeros(pad)])
+    padded_hidden = torch.cat([hidden, torch.randn(pad, 8, generator=generator)])
+    shards = padded_hidden.split(shard_len)
+
+    # phase 1 of every rank (local sums), then the all-reduce, then phase 2: emulated with a shared total
+    from verl_vgpo.focus import visual_prototype_sums
+
+    positions = torch.arange(shard_len * sp_size)
+    seq_ids = torch.searchsorted(cu_seqlens[1:], positions, right=True)
+    reduced = [torch.zeros(len(lengths), 8), torch.zeros(len(lengths))]
+    for rank, shard in enumerate(shards):
+        rows = slice(rank * shard_len, (rank + 1) * shard_len)
+        sums, counts = visual_prototype_sums(shard, padded_ids[rows], seq_ids[rows], len(lengths), [12, 13])
+        reduced[0] += sums
+        reduced[1] += counts
+
+    def all_reduce(tensor):  # what dist.all_reduce(SUM) leaves on every rank
+        tensor.copy_(reduced[0] if tensor.dim() == 2 else reduced[1])
+
+    got = torch.cat(
+        [
+            focus_on_sequence_shard(shard, padded_ids, cu_seqlens, rank * shard_len, [12, 13], all_reduce=all_reduce)
+            for rank, shard in enumerate(shards)
+        ]
+    )
+    assert got[total:].isnan().all()  # the SP pad
+    torch.testing.assert_close(got[:total], expected, equal_nan=True, rtol=0, atol=1e-6)
+    assert got[cu_seqlens[1] : cu_seqlens[2]].isnan().all()
+
+    # without the reduction a shard that cuts a sequence scores against a partial prototype
+    unreduced = torch.cat(
+        [focus_on_sequence_shard(s, padded_ids, cu_seqlens, r * shard_len, [12, 13]) for r, s in enumerate(shards)]
+    )
+    assert not torch.allclose(unreduced[:total], expected, equal_nan=True, atol=1e-4)
+
+
+def test_register_engines_is_idempotent_and_covers_every_device():
+    import verl  # noqa: F401  (loads the plugin)
+    from verl.workers.engine import EngineRegistry
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+    from verl_vgpo.engine import focus_engine_class, register_engines
+
+    register_engines()
+    first = {b: dict(EngineRegistry._engines["language_model"][b]) for b in ("fsdp", "fsdp2", "fsdp_turbo")}
+    register_engines()
+    second = {b: dict(EngineRegistry._engines["language_model"][b]) for b in ("fsdp", "fsdp2", "fsdp_turbo")}
+    assert first == second
+    for backend, entries in first.items():
+        assert {"cuda", "npu"} <= set(entries), backend
+        for engine_class in entries.values():
+            assert engine_class.vgpo_focus_capture and issubclass(engine_class, FSDPEngineWithLMHead)
+    assert "cpu" in first["fsdp2"] and "cpu" in first["fsdp"]
+    assert focus_engine_class(FSDPEngineWithLMHead) is first["fsdp2"]["cuda"]
+    # the value model (critic) is never replaced
+    assert not getattr(EngineRegistry._engines["value_model"]["fsdp2"]["cuda"], "vgpo_focus_capture", False)
