@@ -174,20 +174,28 @@ def focus_on_sequence_shard(
 # ---------------------------------------------------------------------------------------------------
 
 
-class _FocusHook:
+class FocusHook:
     """Forward hook on the final norm that turns its output into focus scores right away.
 
     Scoring inside the hook means the hidden state is not kept past the norm's own lifetime; only the
-    (tokens,) float32 scores survive the forward.
+    (tokens,) float32 scores survive the forward. Independent of verl (the benchmark uses it with a
+    plain HF model).
+
+    Args:
+        input_ids: jagged nested (B, j) token ids of the micro-batch (its offsets are the cu_seqlens).
+        visual_ids: ids of the visual pad tokens forming the prototype.
+        use_remove_padding: True when the model sees the packed (1, tokens + pad suffix) layout,
+            False for the right-padded (B, max_len) layout.
+        sp_group: the Ulysses sequence-parallel process group when the packed sequence is sharded
+            over it, else None.
     """
 
-    def __init__(self, engine, micro_batch, visual_ids: Sequence[int], use_remove_padding: bool):
-        self.engine = engine
-        input_ids = micro_batch["input_ids"]
+    def __init__(self, input_ids, visual_ids: Sequence[int], use_remove_padding: bool, sp_group=None):
         self.cu_seqlens = input_ids.offsets().to(torch.int64)
         self.packed_input_ids = input_ids.values()
         self.visual_ids = list(visual_ids)
         self.use_remove_padding = use_remove_padding
+        self.sp_group = sp_group
         self.focus: torch.Tensor | None = None
         self.seconds = 0.0
 
@@ -212,8 +220,7 @@ class _FocusHook:
         if hidden.dim() != 3 or hidden.shape[0] != 1:
             raise FocusCaptureError(f"packed layout: expected hidden (1, tokens, H), got {tuple(hidden.shape)}")
         hidden = hidden[0]
-        engine = self.engine
-        if not getattr(engine, "use_ulysses_sp", False):
+        if self.sp_group is None:
             # the pad (pad_to_length bucket) is a suffix: visual_focus_scores marks it NaN, then we drop it
             pad = hidden.shape[0] - total
             if pad < 0:
@@ -227,7 +234,7 @@ class _FocusHook:
 
         from verl.utils.ulysses import gather_outputs_and_unpad
 
-        group = engine.ulysses_parallel_group
+        group = self.sp_group
         sp_size = dist.get_world_size(group)
         sp_rank = dist.get_rank(group)
         shard_len = hidden.shape[0]
@@ -247,7 +254,7 @@ class _FocusHook:
 
 
 @contextmanager
-def focus_hook(norm: torch.nn.Module, hook: _FocusHook):
+def focus_hook(norm: torch.nn.Module, hook: FocusHook):
     """Register ``hook`` on ``norm`` for the duration of the block; always removed afterwards."""
     handle = norm.register_forward_hook(hook)
     try:
@@ -279,7 +286,8 @@ class FocusCaptureMixin:
         kinds = _non_tensor(micro_batch, VISUAL_TOKENS_KEY, None)
         visual_ids = visual_token_ids(self.model_config.hf_config, kinds)
         use_remove_padding = bool(_non_tensor(micro_batch, "use_remove_padding", True))
-        hook = _FocusHook(self, micro_batch, visual_ids, use_remove_padding)
+        sp_group = self.ulysses_parallel_group if getattr(self, "use_ulysses_sp", False) else None
+        hook = FocusHook(micro_batch["input_ids"], visual_ids, use_remove_padding, sp_group=sp_group)
         with focus_hook(find_final_norm(self.module), hook):
             loss, output = super().forward_step(micro_batch, loss_function=loss_function, forward_only=forward_only)
         if hook.focus is None:
