@@ -246,13 +246,13 @@ def _build_processor(tokenizer, size: TinyVLMSize):
     )
 
 
-def _build_model_config(tokenizer, size: TinyVLMSize):
+def _build_model_config(tokenizer, size: TinyVLMSize, model_vocab_size: int | None = None):
     from transformers import Qwen2_5_VLConfig
 
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     head_dim = size.hidden_size // size.num_attention_heads
     text_config = dict(
-        vocab_size=len(tokenizer),
+        vocab_size=model_vocab_size or len(tokenizer),
         hidden_size=size.hidden_size,
         intermediate_size=size.intermediate_size,
         num_hidden_layers=size.num_hidden_layers,
@@ -292,15 +292,18 @@ def _build_model_config(tokenizer, size: TinyVLMSize):
     return config
 
 
-def _settings_record(seed: int, size: TinyVLMSize) -> dict:
+def _settings_record(seed: int, size: TinyVLMSize, model_vocab_size: int | None) -> dict:
     import transformers
 
-    return {
+    record = {
         "format_version": BUILD_FORMAT_VERSION,
         "seed": seed,
         "size": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(size).items()},
         "transformers_version": transformers.__version__,
     }
+    if model_vocab_size is not None:
+        record["model_vocab_size"] = model_vocab_size
+    return record
 
 
 def resolve_size(preset: str = "test", **overrides) -> TinyVLMSize:
@@ -316,19 +319,27 @@ def resolve_size(preset: str = "test", **overrides) -> TinyVLMSize:
     return dataclasses.replace(PRESETS[preset], **overrides)
 
 
-def build_tiny_vlm(out_dir: str | os.PathLike, seed: int = 0, preset: str = "test", **size_overrides) -> str:
+def build_tiny_vlm(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    preset: str = "test",
+    model_vocab_size: int | None = None,
+    **size_overrides,
+) -> str:
     """Build (or reuse) a random offline Qwen2.5-VL checkpoint in ``out_dir`` and return its path.
 
-    ``size_overrides`` replace fields of :class:`TinyVLMSize` (e.g. ``hidden_size=128``). The folder is
-    reused when it already holds a build with identical settings; a folder holding anything else is
-    refused rather than overwritten.
+    ``size_overrides`` replace fields of :class:`TinyVLMSize` (e.g. ``hidden_size=128``).
+    ``model_vocab_size`` makes the embedding and lm_head larger than the tokenizer (as real Qwen
+    checkpoints do: 151936 rows for ~151k tokens), for benchmarks with a realistic output layer.
+    The folder is reused when it already holds a build with identical settings; a folder holding
+    anything else is refused rather than overwritten.
     """
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     size = resolve_size(preset, **size_overrides)
     out_path = Path(out_dir).resolve()
-    record = _settings_record(seed, size)
+    record = _settings_record(seed, size, model_vocab_size)
     settings_path = out_path / SETTINGS_FILE
     if settings_path.exists():
         existing = json.loads(settings_path.read_text())
@@ -342,8 +353,10 @@ def build_tiny_vlm(out_dir: str | os.PathLike, seed: int = 0, preset: str = "tes
         raise FileExistsError(f"{out_path} exists, is not empty and holds no tiny VLM build; refusing to overwrite it")
 
     tokenizer = _train_tokenizer(size.tokenizer_vocab_size)
+    if model_vocab_size is not None and model_vocab_size < len(tokenizer):
+        raise ValueError(f"model_vocab_size {model_vocab_size} is smaller than the tokenizer ({len(tokenizer)} tokens)")
     processor = _build_processor(tokenizer, size)
-    config = _build_model_config(tokenizer, size)
+    config = _build_model_config(tokenizer, size, model_vocab_size)
 
     # Seed a private generator state so building does not disturb (or depend on) the caller's RNG.
     with torch.random.fork_rng(devices=[]):
@@ -384,6 +397,9 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="folder to write the checkpoint to")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="test", choices=sorted(PRESETS))
+    parser.add_argument(
+        "--model-vocab-size", type=int, default=None, help="embedding/lm_head rows (default: the tokenizer size)"
+    )
     for field in dataclasses.fields(TinyVLMSize):
         flag = "--" + field.name.replace("_", "-")
         if field.name == "mrope_section":
@@ -398,7 +414,9 @@ def main(argv=None) -> None:
     overrides = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(TinyVLMSize) if getattr(args, f.name) is not None
     }
-    path = build_tiny_vlm(args.out, seed=args.seed, preset=args.preset, **overrides)
+    path = build_tiny_vlm(
+        args.out, seed=args.seed, preset=args.preset, model_vocab_size=args.model_vocab_size, **overrides
+    )
     print(path)
 
 

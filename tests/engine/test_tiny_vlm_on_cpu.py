@@ -116,6 +116,12 @@ def test_size_validation_and_cli(tmp_path):
 
     from verl_vgpo.tiny_vlm import main
 
-    main(["--out", str(tmp_path / "cli"), "--hidden-size", "128", "--mrope-section", "4", "6", "6", "--num-hidden-layers", "1"])
+    main(
+        ["--out", str(tmp_path / "cli"), "--hidden-size", "128", "--mrope-section", "4", "6", "6",
+         "--num-hidden-layers", "1", "--model-vocab-size", "640"]
+    )
     config = AutoConfig.from_pretrained(tmp_path / "cli")
     assert config.text_config.hidden_size == 128 and config.text_config.num_hidden_layers == 1
+    assert config.text_config.vocab_size == 640
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        build_tiny_vlm(tmp_path / "small_vocab", model_vocab_size=16)
