@@ -10,18 +10,17 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["verl_vgpo", "verl_vgpo.*"]),
-    include_package_data=True,
-    package_data={"verl_vgpo": ["recipe_config/*.yaml"]},
     install_requires=[
         "verl[verl-core]>=0.9.1,<0.10",
         "torch>=2.6",
         "transformers>=4.52",
         "omegaconf>=2.3",
+        "mathruler",  # boxed-answer grading of the math reward and the evaluation CLI
     ],
     extras_require={
         # GPU-only pieces: never installed on CPU machines or in CI.
         "gpu": ["vllm", "flash-attn"],
-        "test": ["pytest>=8", "hypothesis>=6", "easy-vqa>=1.0", "matplotlib", "pandas", "pyarrow", "mathruler"],
+        "test": ["pytest>=8", "hypothesis>=6", "easy-vqa>=1.0", "matplotlib", "pandas", "pyarrow"],
     },
     entry_points={
         # `import verl` imports every entry point of this group in every process (Ray workers included).
