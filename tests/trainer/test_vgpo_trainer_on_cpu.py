@@ -95,26 +95,41 @@ def test_a_registry_entry_from_another_plugin_is_not_overwritten(monkeypatch):
     assert trainer_base.TRAINER_REGISTRY["sync"] is SomeoneElsesTrainer
 
 
-def test_plain_import_verl_installs_trainers_and_survives_reload():
-    # a fresh process: only the verl.plugins entry point runs our code
-    script = (
-        "import importlib, verl\n"
-        "from verl.trainer.ppo.v1 import get_trainer_cls\n"
-        "from verl.trainer.ppo.ray_trainer import RayPPOTrainer\n"
-        "names = {m: get_trainer_cls(m).__name__ for m in ('sync', 'colocate_async', 'separate_async')}\n"
-        "assert RayPPOTrainer.__init__._vgpo_legacy_guard\n"
-        "import verl_vgpo.plugin, verl_vgpo.trainer\n"
-        "importlib.reload(verl_vgpo.trainer); importlib.reload(verl_vgpo.plugin)\n"
-        "assert get_trainer_cls('sync') is verl_vgpo.trainer.PPOTrainerSyncWithVGPO\n"
-        "print(sorted(names.values()))\n"
-    )
+def run_fresh_python(script):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("VERL_USE_EXTERNAL_PLUGINS", None)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == str(
-        sorted(["PPOTrainerSyncWithVGPO", "PPOTrainerColocateAsyncWithVGPO", "PPOTrainerSeparateAsyncWithVGPO"])
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_plain_import_verl_installs_trainers_when_verl_imports_them_and_survives_reload():
+    # a fresh process: only the verl.plugins entry point runs our code
+    script = (
+        "import importlib, sys, verl\n"
+        "lazy = 'verl.trainer.ppo.v1' not in sys.modules and 'verl.trainer.ppo.ray_trainer' not in sys.modules\n"
+        "from verl.trainer.ppo.v1 import get_trainer_cls\n"
+        "from verl.trainer.ppo.ray_trainer import RayPPOTrainer\n"
+        "names = [get_trainer_cls(m).__name__ for m in ('sync', 'colocate_async', 'separate_async')]\n"
+        "assert RayPPOTrainer.__init__._vgpo_legacy_guard\n"
+        "import verl_vgpo.plugin, verl_vgpo.trainer\n"
+        "importlib.reload(verl_vgpo.trainer); importlib.reload(verl_vgpo.plugin)\n"
+        "assert get_trainer_cls('sync') is verl_vgpo.trainer.PPOTrainerSyncWithVGPO\n"
+        "assert not any(hasattr(f, 'vgpo_after_import_of') for f in sys.meta_path)\n"
+        "print(lazy, names)\n"
     )
+    names = ["PPOTrainerSyncWithVGPO", "PPOTrainerColocateAsyncWithVGPO", "PPOTrainerSeparateAsyncWithVGPO"]
+    assert run_fresh_python(script) == f"True {names}"
+
+
+def test_legacy_guard_is_installed_when_only_the_legacy_trainer_is_imported():
+    script = (
+        "import sys, verl\n"
+        "from verl.trainer.main_ppo_v0 import TaskRunner\n"
+        "from verl.trainer.ppo.ray_trainer import RayPPOTrainer\n"
+        "print(getattr(RayPPOTrainer.__init__, '_vgpo_legacy_guard', False))\n"
+    )
+    assert run_fresh_python(script) == "True"
 
 
 # ------------------------------------------------------------------------------------------------
