@@ -278,7 +278,7 @@ class HFCpuRolloutServer:
     """
 
     def __init__(self, config, model_config, replica_rank: int = 0, num_threads: int = 1):
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
         from verl.utils.config import omega_conf_to_dataclass
 
@@ -299,7 +299,9 @@ class HFCpuRolloutServer:
             self.processor = None
         if getattr(self.processor, "image_processor", None) is None:
             self.processor = None
-        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+        # vision-language checkpoints load with their vision tower; text-only ones as plain causal LMs
+        model_class = AutoModelForImageTextToText if hasattr(hf_config, "vision_config") else AutoModelForCausalLM
+        self.model = model_class.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
         self.model.eval()
         capture_original_forwards(self.model)
         self.hf_config = hf_config

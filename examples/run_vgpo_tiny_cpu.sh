@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# VGPO (or GRPO) with verl's real `main_ppo` on a CPU-only machine: tiny random Qwen2.5-VL, easy-vqa images.
+#
+#   bash examples/run_vgpo_tiny_cpu.sh                      # VGPO, 4 steps
+#   ALGO=grpo STEPS=2 bash examples/run_vgpo_tiny_cpu.sh    # GRPO for comparison
+#   bash examples/run_vgpo_tiny_cpu.sh trainer.rollout_data_dir=/tmp/rollouts   # extra Hydra overrides
+#
+# Everything is offline: the model is built by verl_vgpo.tiny_vlm, the data comes from the easy-vqa wheel.
+# What differs from a GPU run, and why:
+#   VERL_PLATFORM=cpu                      verl_vgpo's CPU platform (gloo, device "cpu") in every Ray process
+#   rollout.name=hf_cpu (tp=1)             verl_vgpo's HF-generate rollout server; vllm/sglang need a GPU
+#   use_remove_padding=False, sdpa         the packed VLM attention path needs flash-attn
+#   ray num_cpus=16                        Ray would deadlock scheduling verl's actors on 2 logical CPUs
+#   ray resources verl_cpu_device=1        the CPU platform's placement-group resource (one "device")
+#   ray num_gpus=1                         verl's resource check counts only GPU/NPU; a declared, unused GPU
+#                                          slot satisfies it (nothing requests a GPU: the CPU platform asks for
+#                                          verl_cpu_device)
+#   agent/reward workers=1, TQ units=1     defaults start 8 of each: minutes of imports on 2 cores
+set -euo pipefail
+
+ALGO=${ALGO:-vgpo}
+STEPS=${STEPS:-4}
+OUT_DIR=${OUT_DIR:-artifacts/demo/${ALGO}}
+MODEL_DIR=${MODEL_DIR:-artifacts/tiny_vlm}
+DATA_DIR=${DATA_DIR:-data/easy_vqa}
+TRAIN_SIZE=${TRAIN_SIZE:-64}
+BATCH_SIZE=${BATCH_SIZE:-4}
+ROLLOUT_N=${ROLLOUT_N:-4}
+RESPONSE_LENGTH=${RESPONSE_LENGTH:-16}
+PYTHON=${PYTHON:-python}
+
+case "$ALGO" in
+  vgpo|grpo) ;;
+  *) echo "run_vgpo_tiny_cpu.sh: ALGO must be vgpo or grpo, got '$ALGO'" >&2; exit 2 ;;
+esac
+
+[ -f "$MODEL_DIR/config.json" ] || "$PYTHON" -m verl_vgpo.tiny_vlm --out "$MODEL_DIR"
+[ -f "$DATA_DIR/train.parquet" ] || "$PYTHON" examples/data_preprocess/easy_vqa.py \
+  --local_save_dir "$DATA_DIR" --train_size "$TRAIN_SIZE" --val_size 16
+
+mkdir -p "$OUT_DIR"
+export VERL_PLATFORM=cpu
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export TOKENIZERS_PARALLELISM=false
+# machine-readable per-step metrics (verl's "file" logger): one JSON object per step
+export VERL_FILE_LOGGER_PATH=${VERL_FILE_LOGGER_PATH:-$OUT_DIR/metrics.jsonl}
+
+exec "$PYTHON" -m verl.trainer.main_ppo \
+  algorithm.adv_estimator="$ALGO" \
+  algorithm.use_kl_in_reward=False \
+  data.train_files="$DATA_DIR/train.parquet" \
+  data.val_files="$DATA_DIR/test.parquet" \
+  data.train_batch_size="$BATCH_SIZE" \
+  data.max_prompt_length=128 \
+  data.max_response_length="$RESPONSE_LENGTH" \
+  data.dataloader_num_workers=0 \
+  actor_rollout_ref.model.path="$MODEL_DIR" \
+  actor_rollout_ref.model.use_remove_padding=False \
+  +actor_rollout_ref.model.override_config.attn_implementation=sdpa \
+  actor_rollout_ref.actor.strategy=fsdp2 \
+  actor_rollout_ref.ref.strategy=fsdp2 \
+  actor_rollout_ref.actor.optim.lr=1e-4 \
+  actor_rollout_ref.actor.ppo_mini_batch_size="$BATCH_SIZE" \
+  actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16 \
+  actor_rollout_ref.actor.use_kl_loss=False \
+  actor_rollout_ref.rollout.name=hf_cpu \
+  actor_rollout_ref.rollout.tensor_model_parallel_size=1 \
+  actor_rollout_ref.rollout.n="$ROLLOUT_N" \
+  actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16 \
+  actor_rollout_ref.rollout.agent.num_workers=1 \
+  actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16 \
+  reward.num_workers=1 \
+  reward.custom_reward_function.path=pkg://verl_vgpo.rewards.exact_match \
+  reward.custom_reward_function.name=compute_graded_score \
+  transfer_queue.backend.SimpleStorage.num_data_storage_units=1 \
+  trainer.device=cpu \
+  trainer.n_gpus_per_node=1 \
+  trainer.nnodes=1 \
+  trainer.total_training_steps="$STEPS" \
+  trainer.val_before_train=False \
+  trainer.test_freq=-1 \
+  trainer.save_freq=-1 \
+  trainer.logger='[console,file]' \
+  trainer.project_name=vgpo_tiny_cpu \
+  trainer.experiment_name="$ALGO" \
+  trainer.default_local_dir="$OUT_DIR/checkpoints" \
+  +ray_kwargs.ray_init.num_cpus=16 \
+  +ray_kwargs.ray_init.num_gpus=1 \
+  +ray_kwargs.ray_init.resources.verl_cpu_device=1 \
+  "$@"

@@ -1,0 +1,181 @@
+"""The ``hf_cpu`` rollout's parts without Ray: registration, the server's generation and weight sync.
+
+Real parts only: verl's registries, transformers' Qwen2.5-VL and processor (tiny random build), verl's
+own Qwen-VL monkey patch. The server class is exercised directly (its methods are what the Ray actor
+runs); the Ray wiring itself is covered by the main_ppo smoke test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+import verl  # noqa: F401  (loads the verl.plugins entry point)
+from verl_vgpo.cpu import rollout as hf_cpu
+
+EASY_VQA_IMAGE_ID = 0
+
+
+def _easy_vqa_image() -> Image.Image:
+    import easy_vqa
+
+    path = easy_vqa.get_train_image_paths()[EASY_VQA_IMAGE_ID]
+    with open(path, "rb") as image_file:
+        return Image.open(io.BytesIO(image_file.read())).convert("RGB")
+
+
+def _rollout_config(**overrides):
+    from verl.workers.config import RolloutConfig
+
+    values = dict(name="hf_cpu", prompt_length=128, response_length=12, tensor_model_parallel_size=1)
+    values.update(overrides)
+    return RolloutConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    from verl_vgpo.tiny_vlm import build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("hf_cpu") / "model", seed=0)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_vlm):
+    return hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm}))
+
+
+def _image_prompt(server) -> tuple[list[int], list[Image.Image]]:
+    image = _easy_vqa_image()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what shape is it?"}]}]
+    text = server.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = server.processor(text=[text], images=[image], return_tensors="pt")
+    return inputs["input_ids"][0].tolist(), [image]
+
+
+def test_registered_in_both_verl_registries():
+    from verl.workers.rollout.base import get_rollout_class
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    assert get_rollout_class("hf_cpu", "async") is hf_cpu.HFCpuServerAdapter
+    assert RolloutReplicaRegistry.get("hf_cpu") is hf_cpu.HFCpuReplica
+    hf_cpu.register_hf_cpu_rollout()  # idempotent
+    assert RolloutReplicaRegistry.get("hf_cpu") is hf_cpu.HFCpuReplica
+    with pytest.raises(ValueError, match="Unknown rollout mode: hf_cpux. Available: .*hf_cpu"):
+        RolloutReplicaRegistry.get("hf_cpux")
+
+
+def test_parallel_rollout_sizes_are_refused():
+    with pytest.raises(hf_cpu.HFCpuRolloutError, match="tensor_model_parallel_size"):
+        hf_cpu._check_single_process_rollout(_rollout_config(tensor_model_parallel_size=2))
+
+
+def test_generate_image_prompt_matches_a_plain_forward(server):
+    prompt_ids, images = _image_prompt(server)
+    assert server.hf_config.image_token_id in prompt_ids
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
+    output = asyncio.run(server.generate(prompt_ids=prompt_ids, sampling_params=params, request_id="r0", image_data=images))
+
+    assert 1 <= len(output.token_ids) <= 12
+    assert not set(output.token_ids) & set(server.suppress_ids), "special tokens (image pads ...) were sampled"
+    assert output.stop_reason in ("completed", "length")
+    assert output.extra_fields["global_steps"] is None  # no weight sync yet
+
+    # the returned log-probs are the model's own next-token log-probs for the sampled tokens
+    inputs = hf_cpu.build_generation_inputs(prompt_ids + output.token_ids, images, server.processor, server.hf_config)
+    with torch.no_grad():
+        logits = server.model(**inputs).logits[0].float()
+    start = len(prompt_ids) - 1
+    expected = torch.log_softmax(logits[start : start + len(output.token_ids)], dim=-1)
+    expected = expected.gather(1, torch.tensor(output.token_ids)[:, None])[:, 0]
+    torch.testing.assert_close(torch.tensor(output.log_probs), expected, atol=2e-4, rtol=0)
+
+
+def test_weight_update_changes_what_is_generated(tiny_vlm):
+    server = hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm}))
+    prompt_ids, images = _image_prompt(server)
+    greedy = {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "logprobs": False}
+
+    def generate():
+        return asyncio.run(server.generate(prompt_ids=prompt_ids, sampling_params=dict(greedy), request_id="g",
+                                           image_data=images)).token_ids
+
+    before = generate()
+    # "trainer" weights: the same model with a different lm_head / embedding (tied) and one layer changed
+    torch.manual_seed(1)
+    new_weights = [(name, tensor + 0.5 * torch.randn_like(tensor)) for name, tensor in server.model.state_dict().items()
+                   if "embed_tokens" in name or "layers.0." in name]
+    untouched = [(name, tensor.clone()) for name, tensor in server.model.state_dict().items()
+                 if not ("embed_tokens" in name or "layers.0." in name)]
+    result = asyncio.run(server.update_weights(new_weights + untouched, global_steps=3))
+    assert result["weight_updates"] == 1
+
+    snapshot = server.named_parameters_snapshot()
+    for name, tensor in new_weights:
+        torch.testing.assert_close(snapshot[name], tensor)
+    after = asyncio.run(server.generate(prompt_ids=prompt_ids, sampling_params=dict(greedy), request_id="g2",
+                                        image_data=images))
+    assert after.extra_fields["global_steps"] == 3
+    assert after.token_ids != before, "greedy output did not change after a large weight change"
+
+
+def test_weight_update_refuses_mismatched_names_and_shapes(server):
+    state = server.model.state_dict()
+    name, tensor = next(iter(state.items()))
+    with pytest.raises(hf_cpu.HFCpuRolloutError, match="names the serving model does not have"):
+        asyncio.run(server.update_weights([*state.items(), ("not.a.weight", tensor)]))
+    with pytest.raises(hf_cpu.HFCpuRolloutError, match="misses"):
+        asyncio.run(server.update_weights([item for item in state.items() if item[0] != name]))
+    with pytest.raises(hf_cpu.HFCpuRolloutError, match="shape"):
+        asyncio.run(server.update_weights([*[item for item in state.items() if item[0] != name],
+                                           (name, torch.zeros(3, 3))]))
+
+
+def test_generation_inputs_refuse_inconsistent_images(server):
+    prompt_ids, images = _image_prompt(server)
+    with pytest.raises(hf_cpu.HFCpuRolloutError, match="image pad tokens but no image data"):
+        hf_cpu.build_generation_inputs(prompt_ids, None, server.processor, server.hf_config)
+    pad = server.hf_config.image_token_id
+    with pytest.raises(hf_cpu.HFCpuRolloutError, match="need"):
+        hf_cpu.build_generation_inputs([pad] + prompt_ids, images, server.processor, server.hf_config)
+    text_config = OmegaConf.create({"model_type": "qwen2"})
+    with pytest.raises(hf_cpu.HFCpuRolloutError, match="no image_token_id"):
+        hf_cpu.build_generation_inputs([1, 2, 3], images, server.processor, text_config)
+
+
+def test_prompt_longer_than_the_model_budget_is_refused(server):
+    with pytest.raises(hf_cpu.HFCpuRolloutError, match="no room"):
+        hf_cpu.resolve_max_new_tokens({}, 200, server.config)
+    assert hf_cpu.resolve_max_new_tokens({"max_tokens": 5}, 10, server.config) == 5
+    assert hf_cpu.resolve_max_new_tokens({}, 10, server.config) == 12
+
+
+def test_generate_runs_on_original_forwards_after_verl_patches_the_class(tiny_vlm):
+    """verl's engine patches Qwen2.5-VL's forward at class level; generation must not use the patch."""
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+
+    patched_classes = (qwen.Qwen2_5_VLForConditionalGeneration, qwen.Qwen2_5_VLModel)
+    saved = {cls: cls.__dict__["forward"] for cls in patched_classes}
+    server = hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm}))
+    prompt_ids, images = _image_prompt(server)
+    greedy = {"temperature": 0.0, "top_p": 1.0, "top_k": -1}
+    reference = asyncio.run(server.generate(prompt_ids=prompt_ids, sampling_params=dict(greedy), request_id="a",
+                                            image_data=images)).token_ids
+    try:
+        from verl.models.transformers.monkey_patch import apply_monkey_patch
+
+        apply_monkey_patch(server.model, use_remove_padding=False)
+        patched = {cls: cls.__dict__["forward"] for cls in patched_classes}
+        assert all(forward.__module__.startswith("verl.") for forward in patched.values())
+        again = asyncio.run(server.generate(prompt_ids=prompt_ids, sampling_params=dict(greedy), request_id="b",
+                                            image_data=images)).token_ids
+        assert again == reference
+        # verl's patch is back in place after generation
+        assert {cls: cls.__dict__["forward"] for cls in patched_classes} == patched
+    finally:
+        for cls, forward in saved.items():
+            cls.forward = forward
