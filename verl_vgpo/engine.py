@@ -46,12 +46,12 @@ from verl_vgpo.focus import (
     visual_focus_scores,
     visual_prototype_sums,
 )
-from verl_vgpo.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY
+from verl_vgpo.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY, FOCUS_VISUAL_TOKENS_KEY
 
 logger = logging.getLogger("verl_vgpo")
 
 # extra_info key naming which visual pad tokens form the prototype: a list drawn from VISUAL_TOKEN_KINDS
-VISUAL_TOKENS_KEY = "vgpo_visual_tokens"
+VISUAL_TOKENS_KEY = FOCUS_VISUAL_TOKENS_KEY
 
 # verl backends whose language-model engine is FSDPEngineWithLMHead or a subclass of it
 FOCUS_BACKENDS = ("fsdp", "fsdp2", "fsdp_turbo")
