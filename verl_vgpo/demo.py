@@ -136,25 +136,14 @@ def run_main_ppo(algo: str, steps: int, out_dir: Path, model_dir: Path, data_dir
         VERL_FILE_LOGGER_PATH=str(metrics_path),
     )
     command = ["bash", str(RUN_SCRIPT), *(extra_overrides or [])]
+
+    def show_step(line: str) -> None:
+        match = _STEP_LINE.search(line)
+        if match and not quiet:
+            print(f"[{algo}] {_format_progress(int(match.group(1)), _parse_console_metrics(match.group(2)))}", flush=True)
+
     start = time.monotonic()
-    with open(log_path, "w") as log:
-        # own process group: on timeout the whole tree (driver, Ray head, workers) is stopped together
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, bufsize=1, start_new_session=True)
-        deadline = start + timeout_s
-        try:
-            for line in _lines_until(process, deadline):
-                log.write(line)
-                match = _STEP_LINE.search(line)
-                if match and not quiet:
-                    print(f"[{algo}] {_format_progress(int(match.group(1)), _parse_console_metrics(match.group(2)))}",
-                          flush=True)
-            return_code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            return_code = None
-        finally:
-            if process.poll() is None:
-                _stop_process_group(process)
+    return_code = stream_subprocess(command, REPO_ROOT, env, log_path, timeout_s, show_step)
     wall_s = time.monotonic() - start
     if return_code is None:
         raise DemoError(f"{algo}: main_ppo did not finish within {timeout_s:.0f}s and was stopped; log: {log_path}")
@@ -165,6 +154,27 @@ def run_main_ppo(algo: str, steps: int, out_dir: Path, model_dir: Path, data_dir
     if not quiet:
         print(f"[{algo}] finished {steps} steps in {wall_s:.1f}s (metrics: {metrics_path})", flush=True)
     return {"wall_s": wall_s, "metrics_path": metrics_path, "log_path": log_path}
+
+
+def stream_subprocess(command: list[str], cwd: Path, env: dict, log_path: Path, timeout_s: float, on_line) -> int | None:
+    """Run ``command`` in its own process group, copy its output to ``log_path`` and ``on_line``; return
+    its exit code, or None when it ran past ``timeout_s`` (then the whole group has been stopped)."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    with open(log_path, "w") as log:
+        # own process group: on timeout the whole tree (driver, Ray head, workers) is stopped together
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, bufsize=1, start_new_session=True)
+        try:
+            for line in _lines_until(process, deadline):
+                log.write(line)
+                on_line(line)
+            return process.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            if process.poll() is None:
+                _stop_process_group(process)
 
 
 def _lines_until(process: subprocess.Popen, deadline: float):
@@ -268,6 +278,10 @@ def plot_runs(runs: dict[str, list[dict]], png_path: Path) -> None:
         axis.set(title=f"VGPO {title} range", xlabel="step")
         axis.legend()
 
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in axes.ravel():
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle("verl main_ppo on CPU: tiny random Qwen2.5-VL on easy-vqa")
     figure.tight_layout()
     figure.savefig(png_path, dpi=110)
@@ -329,7 +343,8 @@ def main(argv=None) -> int:
             subprocess.run([sys.executable, str(REPO_ROOT / "examples/data_preprocess/easy_vqa.py"),
                             "--local_save_dir", str(data_dir), "--train_size", "64", "--val_size", "16"], check=True)
         check_model_has_image_tokens(model_dir)
-        check_dataset_has_images(data_dir / "train.parquet")
+        for split_file in ("train.parquet", "test.parquet"):
+            check_dataset_has_images(data_dir / split_file)
 
         algorithms = ALGORITHMS if args.algo == "both" else (args.algo,)
         runs, wall_times = {}, {}
