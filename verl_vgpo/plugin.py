@@ -19,6 +19,10 @@ REGISTRATIONS: list[tuple[str, str]] = [
     ("verl_vgpo.cpu", "register_cpu_platform"),
     # focus-capturing FSDP language-model engines for every device (old-log-prob pass only)
     ("verl_vgpo.engine", "register_engines"),
+    # rollout.name=hf_cpu: HF-generate rollout server for CPU runs (inert unless selected)
+    ("verl_vgpo.cpu.rollout", "register_hf_cpu_rollout"),
+    # CPU platform only: plain "gloo" for verl's worker process groups (verl builds "cpu:gloo,cpu:gloo")
+    ("verl_vgpo.cpu.distributed", "install_cpu_process_group_backend"),
     # V1 trainers with the focus hand-over; last: importing verl's trainer modules resolves the platform
     ("verl_vgpo.trainer", "register_trainers"),
 ]
