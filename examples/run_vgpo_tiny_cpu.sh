@@ -7,7 +7,8 @@
 #
 # Everything is offline: the model is built by verl_vgpo.tiny_vlm, the data comes from the easy-vqa wheel.
 # What differs from a GPU run, and why:
-#   VERL_PLATFORM=cpu                      verl_vgpo's CPU platform (gloo, device "cpu") in every Ray process
+#   VERL_PLATFORM=cpu                      verl_vgpo's CPU platform (gloo, device "cpu"); exported here and passed
+#                                          to every Ray worker through ray_init.runtime_env (also on a running cluster)
 #   rollout.name=hf_cpu (tp=1)             verl_vgpo's HF-generate rollout server; vllm/sglang need a GPU
 #   use_remove_padding=False, sdpa         the packed VLM attention path needs flash-attn
 #   ray num_cpus=16                        Ray would deadlock scheduling verl's actors on 2 logical CPUs
@@ -84,7 +85,8 @@ exec "$PYTHON" -m verl.trainer.main_ppo \
   trainer.project_name=vgpo_tiny_cpu \
   trainer.experiment_name="$ALGO" \
   trainer.default_local_dir="$OUT_DIR/checkpoints" \
-  +ray_kwargs.ray_init.num_cpus=16 \
+  ray_kwargs.ray_init.num_cpus=16 \
+  +ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM=cpu \
   +ray_kwargs.ray_init.num_gpus=1 \
   +ray_kwargs.ray_init.resources.verl_cpu_device=1 \
   "$@"
