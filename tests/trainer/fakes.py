@@ -5,10 +5,12 @@ What is faked and why (everything else is verl's real code):
   per-key fields in a dict and returns them the way the real ``kv_batch_get`` does: 1-D per-sample
   tensors as jagged nested tensors, strings as a non-tensor stack, and fields that no requested key
   has are silently left out (``BatchMeta.select_fields`` drops them), which is exactly why the trainer
-  layer must check for the focus field itself.
+  layer must check for the focus field itself; ``kv_batch_put`` returns the stored tags.
+  test_fake_transfer_queue_on_cpu.py checks these behaviours against the real client.
 * The actor worker group: the real one is a set of Ray actors running the FSDP engine. ``FakeActorWorkerGroup``
   records the ``extra_info`` of every call and writes what the engine writes into TQ: full-sequence
-  ``log_probs`` / ``entropy`` and, when asked by the capture flag, the full-sequence focus field.
+  ``log_probs`` / ``entropy`` and, when asked by the capture flag, the full-sequence focus field; its
+  return value carries the engine metrics (with the focus time) in ``extra_info`` as verl's bridge does.
 * Replay buffer sampling, reward loop and checkpoint manager: they drive rollout servers.
 """
 
@@ -16,9 +18,8 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 import torch
