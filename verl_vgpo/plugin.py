@@ -23,7 +23,7 @@ REGISTRATIONS: list[tuple[str, str]] = [
     ("verl_vgpo.cpu.rollout", "register_hf_cpu_rollout"),
     # CPU platform only: plain "gloo" for verl's worker process groups (verl builds "cpu:gloo,cpu:gloo")
     ("verl_vgpo.cpu.distributed", "install_cpu_process_group_backend"),
-    # V1 trainers with the focus hand-over; last: importing verl's trainer modules resolves the platform
+    # V1 trainers with the focus hand-over, installed once verl imports its trainer package
     ("verl_vgpo.trainer", "register_trainers"),
 ]
 
