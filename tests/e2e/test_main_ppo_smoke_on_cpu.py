@@ -70,9 +70,16 @@ def _grpo_advantage_range_from_dump(rollout_file: Path) -> tuple[float, float]:
     return float(advantages.min()), float(advantages.max())
 
 
+# A large learning rate makes one update move the policy visibly, so a rollout that missed the weight
+# sync shows up in verl's rollout-vs-actor probability check (measured at lr 0.05 on step 2: 1.1e-4 with
+# the sync, 2.5e-3 with the server's weight copy disabled).
+SMOKE_LEARNING_RATE = 0.05
+SYNCED_ROLLOUT_PROBS_DIFF_MAX = 1e-3
+
+
 @pytest.fixture(scope="module")
 def vgpo_run(workspace):
-    return _run(workspace, "vgpo", 2, "vgpo")
+    return _run(workspace, "vgpo", 2, "vgpo", [f"actor_rollout_ref.actor.optim.lr={SMOKE_LEARNING_RATE}"])
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +116,16 @@ def test_vgpo_advantages_differ_from_grpo_on_the_same_rollouts(vgpo_run):
         vgpo_range = (record["critic/advantages/min"], record["critic/advantages/max"])
         assert not (math.isclose(vgpo_range[0], grpo_min, abs_tol=1e-4) and math.isclose(vgpo_range[1], grpo_max, abs_tol=1e-4)), (
             f"step {record['step']}: VGPO advantages {vgpo_range} equal GRPO's {(grpo_min, grpo_max)}"
+        )
+
+
+def test_rollout_generates_from_the_actors_current_weights(vgpo_run):
+    """verl compares the rollout's token log-probs with the actor's old log-probs of the same step; after
+    a large update (step 1) they only agree if the hf_cpu server received the new weights."""
+    records, _ = vgpo_run
+    for record in records:
+        assert record["training/rollout_probs_diff_max"] < SYNCED_ROLLOUT_PROBS_DIFF_MAX, (
+            f"step {record['step']}: rollout and actor disagree by {record['training/rollout_probs_diff_max']}"
         )
 
 
