@@ -157,3 +157,57 @@ def test_register_engines_is_idempotent_and_covers_every_device():
     assert focus_engine_class(FSDPEngineWithLMHead) is first["fsdp2"]["cuda"]
     # the value model (critic) is never replaced
     assert not getattr(EngineRegistry._engines["value_model"]["fsdp2"]["cuda"], "vgpo_focus_capture", False)
+
+
+def _sp_rank_main(rank, world_size, port, hidden, input_ids, cu_seqlens, queue):
+    import torch.distributed as dist
+
+    from verl_vgpo.engine import FocusHook
+
+    # plain lists cross the process boundary (shared-memory tensors die with their process)
+    hidden, input_ids, cu_seqlens = torch.tensor(hidden), torch.tensor(input_ids), torch.tensor(cu_seqlens)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        total = int(cu_seqlens[-1])
+        shard_len = -(-total // world_size)
+        padded = torch.cat([hidden, torch.zeros(shard_len * world_size - total, hidden.shape[1])])
+        shard = padded[rank * shard_len : (rank + 1) * shard_len]
+        nested_ids = torch.nested.nested_tensor_from_jagged(input_ids, cu_seqlens)
+        hook = FocusHook(nested_ids, [12, 13], use_remove_padding=True, sp_group=dist.group.WORLD)
+        hook(None, (), shard.unsqueeze(0))  # what the final norm's forward hook receives on this SP rank
+        queue.put((rank, hook.focus.tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_focus_hook_under_real_sequence_parallel_collectives():
+    """Two gloo ranks each holding a contiguous shard (Ulysses layout): all-reduce + all-gather path."""
+    import torch.multiprocessing as mp
+
+    from tests.engine.vlm_batches import free_port
+
+    generator = torch.Generator().manual_seed(7)
+    cu_seqlens = torch.tensor([0, 9, 11, 25])  # 2 ranks x 13 rows: the shard boundary (13) cuts sequence 2
+    input_ids = torch.randint(20, 50, (25,), generator=generator)
+    input_ids[[2, 3, 12, 16, 17, 24]] = 12  # sequence 2's visual tokens lie on both ranks; sequence 1 has none
+    hidden = torch.randn(25, 6, generator=generator)
+    expected = visual_focus_scores(hidden, input_ids, cu_seqlens, [12, 13])
+
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    port = free_port()
+    processes = [
+        context.Process(
+            target=_sp_rank_main,
+            args=(rank, 2, port, hidden.tolist(), input_ids.tolist(), cu_seqlens.tolist(), queue),
+        )
+        for rank in range(2)
+    ]
+    for process in processes:
+        process.start()
+    results = dict(queue.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    for rank in range(2):
+        torch.testing.assert_close(torch.tensor(results[rank]), expected, equal_nan=True, rtol=0, atol=1e-6)
