@@ -237,11 +237,20 @@ class _RecordingWorkerGroup:
 
 
 def _engine_focus_seconds(outputs: list[Any]) -> Optional[float]:
-    """Seconds the engines report under FOCUS_TIME_KEY in the outputs of the pass; None if none report."""
+    """Seconds the engines report under FOCUS_TIME_KEY in the outputs of the pass; None if none report.
+
+    verl's worker bridge puts the engine metrics in ``output.extra_info["metrics"]``: a dict, or (the
+    BatchMeta concat path, what a real run returns) a list with one dict per collected data-parallel
+    rank. verl's FSDP workers all-gather every metric over the data-parallel group before returning
+    (``TrainingWorker._postprocess_output``), so each rank's dict already holds every rank's
+    per-micro-batch values: the first dict is summed, the others would count them again.
+    """
     values = []
     for output in outputs:
-        engine_metrics = (getattr(output, "extra_info", None) or {}).get("metrics") or {}
-        if FOCUS_TIME_KEY in engine_metrics:
+        engine_metrics = (getattr(output, "extra_info", None) or {}).get("metrics")
+        if isinstance(engine_metrics, (list, tuple)):
+            engine_metrics = engine_metrics[0] if engine_metrics else None
+        if isinstance(engine_metrics, dict) and FOCUS_TIME_KEY in engine_metrics:
             values.append(engine_metrics[FOCUS_TIME_KEY])
     return _sum_seconds(values) if values else None
 

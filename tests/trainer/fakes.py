@@ -159,11 +159,12 @@ class FakeActorWorkerGroup:
             batch_size=len(batch),
         )
         output = self.fake_tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
-        # the worker bridge returns the engine metrics in extra_info; verl gathers each metric over the
-        # data-parallel ranks into a list of per-micro-batch lists
-        output.extra_info = {"metrics": {"loss": [0.0]}}
+        # what a real run returns (observed with main_ppo on CPU): extra_info["metrics"] is a list with
+        # one dict per data-parallel rank, each metric all-gathered into [per-rank [per-micro-batch]]
+        engine_metrics = {"loss": 1.0}
         if batch.extra_info.get(CAPTURE_FOCUS_FLAG) and self.focus_mode != "none":
-            output.extra_info["metrics"][FOCUS_TIME_KEY] = [list(self.focus_seconds_per_micro_batch)]
+            engine_metrics[FOCUS_TIME_KEY] = [list(self.focus_seconds_per_micro_batch)]
+        output.extra_info = {"metrics": [engine_metrics]}
         return output
 
     def update_actor(self, batch):
