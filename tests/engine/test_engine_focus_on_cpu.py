@@ -16,7 +16,7 @@ from tests.engine.vlm_batches import (
     build_training_worker,
     cpu_varlen_attention,
     ensure_single_process_group,
-    original_qwen_methods as use_methods,
+    using_methods as use_methods,
     reference_outputs,
     restore_qwen_methods,
     snapshot_qwen_methods,
@@ -78,16 +78,18 @@ def references(hf_parts, samples, original_qwen_methods):
 
 
 @pytest.fixture(scope="module")
-def padded_worker(cpu_platform, tiny_vlm_path, original_qwen_methods):
+def padded_worker(cpu_platform, tiny_vlm_path):
+    # verl patches the Qwen-VL classes while building; keep its methods for this worker's calls only
+    before = snapshot_qwen_methods()
     worker = build_training_worker(tiny_vlm_path, use_remove_padding=False)
     methods = snapshot_qwen_methods()
-    restore_qwen_methods(original_qwen_methods)
+    restore_qwen_methods(before)
     yield WorkerUnderTest(worker, methods)
-    restore_qwen_methods(original_qwen_methods)
+    restore_qwen_methods(before)
 
 
 @pytest.fixture(scope="module")
-def packed_worker(cpu_platform, tiny_vlm_path, original_qwen_methods):
+def packed_worker(cpu_platform, tiny_vlm_path):
     import verl.models.transformers.qwen2_vl as verl_qwen2_vl
 
     calls = []
@@ -100,13 +102,14 @@ def packed_worker(cpu_platform, tiny_vlm_path, original_qwen_methods):
         # flash-attn cannot exist on CPU: an sdpa varlen stand-in for verl's packed attention kernel
         patch.setattr(verl_qwen2_vl, "_custom_flash_attention_forward", counted_varlen_attention)
         patch.setattr(verl_qwen2_vl, "_flash_use_top_left_mask", False, raising=False)
+        before = snapshot_qwen_methods()
         worker = build_training_worker(tiny_vlm_path, use_remove_padding=True)
         methods = snapshot_qwen_methods()
-        restore_qwen_methods(original_qwen_methods)
+        restore_qwen_methods(before)
         bundle = WorkerUnderTest(worker, methods)
         bundle.varlen_attention_calls = calls
         yield bundle
-    restore_qwen_methods(original_qwen_methods)
+    restore_qwen_methods(before)
 
 
 def _capture_batch(samples, **settings):
@@ -200,7 +203,7 @@ def test_dynamic_bsz_restores_original_row_order(padded_worker, samples, referen
     _check_against_references(output, reordered, [references[i] for i in (2, 1, 3, 0)])
 
 
-def test_visual_token_selection(padded_worker, samples, hf_parts, original_qwen_methods):
+def test_visual_token_selection(padded_worker, samples, hf_parts):
     from verl_vgpo.engine import VISUAL_TOKENS_KEY
 
     model = hf_parts[1]

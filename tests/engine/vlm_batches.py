@@ -45,7 +45,7 @@ def restore_qwen_methods(snapshot: dict) -> None:
 
 
 @contextlib.contextmanager
-def original_qwen_methods(snapshot: dict):
+def using_methods(snapshot: dict):
     """Run the block with transformers' own Qwen-VL methods, then put back whatever was there."""
     current = {key: key[0].__dict__[key[1]] for key in snapshot}
     restore_qwen_methods(snapshot)
@@ -147,7 +147,7 @@ def reference_outputs(model, sample: Sample, snapshot: dict):
     to the mean last hidden state of the sample's image and video pads (NaN without any).
     """
     input_ids = sample.input_ids.unsqueeze(0)
-    with original_qwen_methods(snapshot), torch.no_grad():
+    with using_methods(snapshot), torch.no_grad():
         output = model(
             input_ids=input_ids,
             position_ids=sample.position_ids.unsqueeze(1),
