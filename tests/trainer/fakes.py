@@ -141,10 +141,10 @@ class FakeActorWorkerGroup:
         if batch.extra_info.get(CAPTURE_FOCUS_FLAG) and self.focus_mode != "none":
             focus = []
             for key, n in zip(batch.keys, lengths, strict=True):
-                row = self.row_of_key[key]
-                if not self.images[key]:
+                if not self.images.get(key, False):  # verl's synthetic padding rows carry no image either
                     values = torch.full((n,), float("nan"))
                 else:
+                    row = self.row_of_key[key]
                     values = torch.tensor([focus_value(row, p) for p in range(n)], dtype=torch.float32)
                 if self.focus_mode == "response_only":
                     response_len = int(self.fake_tq.field(key, "response_mask").numel())
@@ -221,6 +221,7 @@ def fill_fake_tq(fake_tq: FakeTransferQueue, sequences: list[Sequence], partitio
             "responses": torch.arange(100 + s.prompt_len, 100 + s.prompt_len + s.response_len, dtype=torch.int64),
             "response_mask": torch.ones(s.response_len, dtype=torch.int64),
             "rm_scores": rewards,
+            "rollout_log_probs": torch.full((s.response_len,), -0.05),  # the rollout's own log-probs
         }
     tags = [
         {"prompt_len": s.prompt_len, "response_len": s.response_len, "seq_len": s.prompt_len + s.response_len}
