@@ -47,10 +47,15 @@ def cpu_platform():
 
     from verl_vgpo.cpu import enable_cpu_platform
 
+    import torch.distributed as dist
+
     previous_platform, previous_env = platform_manager._current_platform, os.environ.get("VERL_PLATFORM")
     enable_cpu_platform()
+    created_group = not dist.is_initialized()
     ensure_single_process_group()
     yield
+    if created_group:
+        dist.destroy_process_group()
     platform_manager._current_platform = previous_platform
     if previous_env is None:
         os.environ.pop("VERL_PLATFORM", None)
