@@ -21,6 +21,14 @@ correction, multi-trajectory handling, TQ write-back) stays verl's. With any oth
 methods delegate straight to verl (one attribute check). Configurations VGPO cannot serve correctly are
 refused at trainer construction; the legacy trainer (``trainer.use_v1=false``) is refused by a guard on
 ``RayPPOTrainer.__init__``.
+
+verl surface this relies on (identical in verl 0.9.0 and 0.9.1, checked method by method):
+``PPOTrainer.__init__(config)``, ``PPOTrainer._compute_old_log_prob(batch, metrics)`` (sets
+``batch.extra_info``, calls ``self.actor_rollout_wg.compute_log_prob(batch)``),
+``PPOTrainerSeparateAsync._compute_old_log_prob`` (calls the base one), ``PPOTrainer._compute_advantage``
+(reads ``response_mask`` for ``batch.keys`` from TQ, pads it, calls ``compute_advantage`` in the same
+thread for non-GRPO estimators), ``TRAINER_REGISTRY``, ``RayPPOTrainer.__init__(config, ...)``, and the
+worker bridge returning engine metrics in ``output.extra_info["metrics"]``.
 """
 
 from __future__ import annotations
