@@ -116,14 +116,28 @@ def visual_token_ids(hf_config: Any, kinds: Iterable[str] | None = None) -> list
     return ids
 
 
-def padded_to_packed(hidden: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
-    """(B, max_len, H) right-padded hidden states -> (total_tokens, H) packed in sequence order."""
-    if hidden.dim() != 3 or hidden.shape[0] != seq_lens.numel():
+def focus_of_padded(
+    hidden: torch.Tensor, cu_seqlens: torch.Tensor, packed_input_ids: torch.Tensor, visual_ids: Sequence[int]
+) -> torch.Tensor:
+    """Focus of the right-padded layout: hidden (B, max_len, H) -> (total_tokens,) in packed order.
+
+    The padded rows are scored in place as B "sequences" of max_len positions (their padding carries
+    the id -1, never a visual token, so it does not touch the prototypes); only the (tokens,) scores of
+    the real positions are then selected. No copy of the hidden state is made.
+    """
+    lengths = cu_seqlens.diff().to(hidden.device)
+    if hidden.dim() != 3 or hidden.shape[0] != lengths.numel() or int(lengths.max()) > hidden.shape[1]:
         raise FocusCaptureError(
-            f"padded layout: expected hidden (B={seq_lens.numel()}, max_len, H), got {tuple(hidden.shape)}"
+            f"padded layout: expected hidden (B={lengths.numel()}, max_len>={int(lengths.max())}, H), "
+            f"got {tuple(hidden.shape)}"
         )
-    valid = torch.arange(hidden.shape[1], device=hidden.device) < seq_lens.to(hidden.device).unsqueeze(1)
-    return hidden[valid]
+    batch, max_len, width = hidden.shape
+    valid = torch.arange(max_len, device=hidden.device) < lengths.unsqueeze(1)
+    padded_ids = torch.full((batch, max_len), -1, dtype=packed_input_ids.dtype, device=hidden.device)
+    padded_ids[valid] = packed_input_ids.to(hidden.device)
+    row_offsets = torch.arange(0, batch * max_len + 1, max_len, device=hidden.device)
+    scores = visual_focus_scores(hidden.reshape(batch * max_len, width), padded_ids.reshape(-1), row_offsets, visual_ids)
+    return scores.view(batch, max_len)[valid]
 
 
 def focus_on_sequence_shard(
@@ -214,8 +228,7 @@ class FocusHook:
     def _score(self, hidden: torch.Tensor) -> torch.Tensor:
         total = int(self.cu_seqlens[-1])
         if not self.use_remove_padding:
-            packed = padded_to_packed(hidden, self.cu_seqlens.diff())
-            return visual_focus_scores(packed, self.packed_input_ids.to(packed.device), self.cu_seqlens, self.visual_ids)
+            return focus_of_padded(hidden, self.cu_seqlens, self.packed_input_ids, self.visual_ids)
 
         if hidden.dim() != 3 or hidden.shape[0] != 1:
             raise FocusCaptureError(f"packed layout: expected hidden (1, tokens, H), got {tuple(hidden.shape)}")

@@ -11,7 +11,7 @@ from verl_vgpo.engine import (
     FocusCaptureError,
     find_final_norm,
     focus_on_sequence_shard,
-    padded_to_packed,
+    focus_of_padded,
     visual_token_ids,
 )
 from verl_vgpo.focus import visual_focus_scores
@@ -76,14 +76,22 @@ def test_visual_token_ids_from_config():
         visual_token_ids(config, [])
 
 
-def test_padded_to_packed_keeps_sequence_order():
-    lengths = torch.tensor([3, 1, 2])
-    hidden = torch.arange(3 * 4 * 2, dtype=torch.float32).reshape(3, 4, 2)
-    packed = padded_to_packed(hidden, lengths)
-    expected = torch.cat([hidden[0, :3], hidden[1, :1], hidden[2, :2]])
-    assert torch.equal(packed, expected)
-    with pytest.raises(FocusCaptureError):
-        padded_to_packed(hidden[:2], lengths)
+def test_padded_layout_scores_equal_packed_scores_without_copying_hidden():
+    generator = torch.Generator().manual_seed(3)
+    lengths = [5, 2, 7]
+    cu_seqlens = torch.tensor([0, 5, 7, 14])
+    packed_ids = torch.randint(20, 50, (14,), generator=generator)
+    packed_ids[[1, 3, 8, 13]] = 12  # sequence 1 has no visual token
+    packed_hidden = torch.randn(14, 4, generator=generator)
+    hidden = torch.full((3, 7, 4), 1e3)  # padding filled with large values that must not leak in
+    for row, (start, length) in enumerate(zip(cu_seqlens[:-1].tolist(), lengths)):
+        hidden[row, :length] = packed_hidden[start : start + length]
+    got = focus_of_padded(hidden, cu_seqlens, packed_ids, [12, 13])
+    expected = visual_focus_scores(packed_hidden, packed_ids, cu_seqlens, [12, 13])
+    torch.testing.assert_close(got, expected, equal_nan=True, rtol=0, atol=1e-6)
+    assert got[5:7].isnan().all()
+    with pytest.raises(FocusCaptureError, match="padded layout"):
+        focus_of_padded(hidden[:, :6], cu_seqlens, packed_ids, [12, 13])
 
 
 @pytest.mark.parametrize("sp_size", [2, 3, 4])
