@@ -294,7 +294,8 @@ def write_summary(runs: dict[str, list[dict]], wall_times: dict[str, float], sum
              "rollout `hf_cpu`. A random model does not learn VQA in a few steps: this shows the pipeline and "
              "VGPO's signals, not accuracy.", "", f"![demo]({png_name})", ""]
     for algo, records in runs.items():
-        lines += [f"## {algo}: {len(records)} steps, wall {wall_times.get(algo, float('nan')):.1f}s", ""]
+        trained = sum(1 for record in records if record["step"] >= 1)
+        lines += [f"## {algo}: {trained} steps, wall {wall_times.get(algo, float('nan')):.1f}s", ""]
         columns = [REWARD_METRIC, STEP_TIME_METRIC]
         if algo == "vgpo":
             columns += ["vgpo/focus/mean", FOCUS_FIRST_METRIC, FOCUS_LAST_METRIC, "vgpo/focus/last_over_first",
@@ -303,9 +304,15 @@ def write_summary(runs: dict[str, list[dict]], wall_times: dict[str, float], sum
         lines.append("| step | " + " | ".join(columns) + " |")
         lines.append("|---" * (len(columns) + 1) + "|")
         for record in records:
+            if record["step"] < 1:
+                continue  # validation-only record (trainer.val_before_train)
             cells = [f"{record[column]:.4g}" if isinstance(record.get(column), (int, float)) else "" for column in columns]
             lines.append(f"| {record['step']} | " + " | ".join(cells) + " |")
         lines.append("")
+        validation = [(record["step"], key, value) for record in records for key, value in record.items()
+                      if key.startswith("val-core/") and isinstance(value, (int, float))]
+        if validation:
+            lines += ["Validation (greedy): " + ", ".join(f"step {step} {key}={value:.4g}" for step, key, value in validation), ""]
     text = "\n".join(lines)
     summary_path.write_text(text)
     return text
@@ -354,8 +361,9 @@ def main(argv=None) -> int:
             result = run_main_ppo(algo, args.steps, out_dir, model_dir, data_dir, args.timeout, args.overrides)
             runs[algo] = read_metrics(result["metrics_path"])
             wall_times[algo] = result["wall_s"]
-            if len(runs[algo]) != args.steps:
-                raise DemoError(f"{algo}: expected {args.steps} logged steps, got {len(runs[algo])}")
+            trained_steps = [record["step"] for record in runs[algo] if record["step"] >= 1]  # step 0: validation only
+            if trained_steps != list(range(1, args.steps + 1)):
+                raise DemoError(f"{algo}: expected logged steps 1..{args.steps}, got {trained_steps}")
     except DemoError as error:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1
