@@ -277,7 +277,7 @@ class HFCpuRolloutServer:
     version) is returned with every response, as vLLM's server does.
     """
 
-    def __init__(self, config, model_config, replica_rank: int = 0, num_threads: int = 1):
+    def __init__(self, config, model_config, replica_rank: int = 0, num_threads: Optional[int] = None):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
         from verl.utils.config import omega_conf_to_dataclass
@@ -288,7 +288,8 @@ class HFCpuRolloutServer:
         self.weight_updates = 0
         self._lock = asyncio.Lock()
         self._accepting = True
-        torch.set_num_threads(max(1, int(num_threads)))
+        if num_threads is not None:  # the actor shares the cores with its training worker
+            torch.set_num_threads(max(1, int(num_threads)))
 
         path = _model_path(model_config)
         hf_config = AutoConfig.from_pretrained(path)
@@ -496,7 +497,7 @@ class HFCpuReplica(RolloutReplica):
                     node_id=node_id, soft=False
                 ),
             )
-            .remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
+            .remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank, num_threads=1)
         )
         await server.get_weight_version.remote()  # surfaces constructor errors here, not at the first request
         self.servers = [server]
