@@ -307,9 +307,10 @@ def vgpo_metrics(
     """Spec section 6 statistics, over valid tokens of trajectories that carry a focus signal."""
     p = METRIC_PREFIX
     valid = response_mask.bool() & weights.has_signal.unsqueeze(-1)
-    n_rows = weights.has_signal.numel()
+    # rows with an empty response (e.g. the padding rows of verl's batch balancing) are not trajectories
+    has_tokens = response_mask.bool().any(dim=-1)
     out: dict[str, float] = {
-        p + "no_signal_fraction": float((~weights.has_signal).sum()) / max(1, n_rows),
+        p + "no_signal_fraction": float((has_tokens & ~weights.has_signal).sum()) / max(1, int(has_tokens.sum())),
     }
     if not bool(valid.any()):
         return out

@@ -65,6 +65,7 @@ logger = logging.getLogger("verl_vgpo")
 # metrics this layer adds beside the estimator's (spec section 6: time spent on focus)
 FOCUS_FETCH_TIME_METRIC = METRIC_PREFIX + "timing/focus_fetch_s"
 FOCUS_CAPTURE_TIME_METRIC = METRIC_PREFIX + "timing/focus_capture_s"
+NO_SIGNAL_METRIC = METRIC_PREFIX + "no_signal_fraction"
 
 # the extra_info entries this layer sets for the old-log-prob pass and removes afterwards
 _CAPTURE_KEYS = (CAPTURE_FOCUS_FLAG, FOCUS_VISUAL_TOKENS_KEY)
@@ -72,6 +73,10 @@ _CAPTURE_KEYS = (CAPTURE_FOCUS_FLAG, FOCUS_VISUAL_TOKENS_KEY)
 
 class MissingFocusFieldError(RuntimeError):
     """The actor workers did not write the focus field to TransferQueue."""
+
+
+class NoVisualSignalError(RuntimeError):
+    """The first VGPO batch holds no visual token at all (e.g. a data set without images)."""
 
 
 class FocusLayoutError(ValueError):
@@ -336,9 +341,29 @@ class VGPOTrainerMixin:
         fetched = time.perf_counter()
         with focus_scores_for_advantage(focus) as step:
             batch = super()._compute_advantage(batch, metrics)
+        self._check_visual_signal(step.metrics)
         metrics.update(step.metrics)
         metrics[FOCUS_FETCH_TIME_METRIC] = fetched - started
         return batch
+
+    def _check_visual_signal(self, step_metrics: dict) -> None:
+        """Refuse a run whose first VGPO batch has no visual token at all (a data set without images).
+
+        Text-only samples are valid (neutral weights), and a later all-text batch of a mixed data set is
+        only logged; but when the very first batch carries no image or video, VGPO would silently train
+        as its base estimator for the whole run.
+        """
+        if getattr(self, "_vgpo_visual_signal_seen", False):
+            return
+        if step_metrics.get(NO_SIGNAL_METRIC) == 1.0:
+            raise NoVisualSignalError(
+                "algorithm.adv_estimator=vgpo: no trajectory of the first training batch has an image or video token "
+                f"({NO_SIGNAL_METRIC}=1.0), so VGPO would silently train as its base estimator "
+                f"({self.vgpo_config.base_estimator}). Check that data.image_key names the images column of the "
+                "training files, that prompts contain the <image> placeholder, that the model is a vision-language "
+                "model with a processor, and that algorithm.vgpo.visual_tokens includes the modality of the data."
+            )
+        self._vgpo_visual_signal_seen = True
 
     def _fetch_response_focus(self, batch: KVBatchMeta) -> torch.Tensor:
         """(bs, R) focus aligned with the padded response_mask that verl's _compute_advantage builds."""

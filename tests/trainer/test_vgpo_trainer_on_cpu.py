@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ from verl_vgpo.trainer import (
     VGPO_TRAINERS,
     FocusLayoutError,
     MissingFocusFieldError,
+    NoVisualSignalError,
     PPOTrainerColocateAsyncWithVGPO,
     PPOTrainerSeparateAsyncWithVGPO,
     PPOTrainerSyncWithVGPO,
@@ -263,6 +265,20 @@ def test_missing_focus_field_says_to_install_the_plugin_in_every_worker(make_con
     assert "VERL_USE_EXTERNAL_PLUGINS" in str(error.value) and "'vgpo_focus'" in str(error.value)
 
 
+def test_a_first_batch_without_any_image_is_refused_later_text_only_batches_are_not(make_config, make_rig):
+    # a data set without images: every rollout of the first batch lacks visual tokens
+    text_only = [replace(s, has_image=False) for s in DEFAULT_SEQUENCES]
+    rig = make_rig(PPOTrainerSyncWithVGPO, make_config(), text_only)
+    with pytest.raises(NoVisualSignalError, match="data.image_key"):
+        rig.trainer.step({}, {})
+    # once a batch had images, an all-text batch (mixed data) is valid input with neutral weights
+    rig = make_rig(PPOTrainerSyncWithVGPO, make_config(), text_only)
+    rig.trainer._vgpo_visual_signal_seen = True
+    metrics = {}
+    rig.trainer.step(metrics, {})
+    assert metrics[METRIC_PREFIX + "no_signal_fraction"] == 1.0
+
+
 def test_focus_over_the_response_only_is_rejected(make_config, make_rig):
     rig = make_rig(PPOTrainerSyncWithVGPO, make_config())
     rig.workers.focus_mode = "response_only"
@@ -341,4 +357,5 @@ def test_padding_rows_added_by_verls_batch_balancing_pass_through(make_config, m
     # the real rows get exactly the advantages of the unpadded batch; the padding rows get none
     torch.testing.assert_close(stored_padded(rig.fake_tq, KEYS, "advantages"), expected_vgpo(DEFAULT_SEQUENCES, config.algorithm)[0])
     assert torch.count_nonzero(stored_padded(rig.fake_tq, pad_keys, "advantages")) == 0
-    assert metrics[METRIC_PREFIX + "no_signal_fraction"] == pytest.approx(7 / 12)
+    # padding rows have no response tokens: they are not counted as trajectories without a signal
+    assert metrics[METRIC_PREFIX + "no_signal_fraction"] == pytest.approx(1 / 6)
