@@ -113,6 +113,12 @@ class HFRunner:
         self.tokens = int(self.inputs["input_ids"].numel())
         self.hidden_size = config.text_config.hidden_size
 
+    def isolated_hook_input(self):
+        """A FocusHook and a padded hidden state shaped like this runner's final-norm output."""
+        batch, length = self.inputs["input_ids"].shape
+        hidden = torch.randn(batch, length, self.hidden_size, device=self.device, dtype=self.dtype)
+        return FocusHook(self.nested_ids.to(self.device), self.visual_ids, use_remove_padding=False), hidden
+
     def _log_probs(self, logits):
         # verl's layout: log p(token p+1) at position p, computed in float32
         labels = self.inputs["input_ids"][:, 1:]
@@ -182,6 +188,12 @@ class VerlRunner:
         self.samples = samples
         self.tokens = sum(len(s[0]) for s in samples)
         self.hidden_size = self.worker.engine.model_config.hf_config.text_config.hidden_size
+
+    def isolated_hook_input(self):
+        config = self.worker.engine.model_config.hf_config
+        ids = torch.nested.as_nested_tensor([s[0] for s in self.samples], layout=torch.jagged)
+        hidden = torch.randn(len(self.samples), max(len(s[0]) for s in self.samples), self.hidden_size)
+        return FocusHook(ids, [config.image_token_id, config.video_token_id], use_remove_padding=False), hidden
 
     def _batch(self, capture):
         def nested(tensors):
@@ -291,6 +303,18 @@ def time_variants(args, model_path):
                     torch.cuda.synchronize()
                     extra = torch.cuda.max_memory_allocated() - before
                 peak[variant] = min(extra, peak.get(variant, extra))
+        # the hook alone on a hidden state of the same shape: its own transient memory, free of the
+        # forward's allocator noise
+        hook, hidden = runner.isolated_hook_input()
+        if host is not None:
+            peak["hook_alone"] = host.measure(lambda: hook._score(hidden))
+        else:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            hook._score(hidden)
+            torch.cuda.synchronize()
+            peak["hook_alone"] = torch.cuda.max_memory_allocated() - before
     return runner, times, cpu_times, focus_seconds, peak
 
 
@@ -407,6 +431,7 @@ def main(argv=None):
     if "all_hidden_states" in median:
         result["time_ratio_all_hidden_states_vs_base"] = median["all_hidden_states"] / median["base"]
     if not args.no_memory:
+        result["focus_hook_alone_peak_bytes"] = peak.pop("hook_alone")
         result["peak_bytes_above_baseline"] = peak
         result["peak_extra_bytes"] = {v: peak[v] - peak["base"] for v in peak if v != "base"}
         result["memory_measure"] = (
@@ -425,7 +450,8 @@ def main(argv=None):
     )
     if "peak_extra_bytes" in result:
         extra = result["peak_extra_bytes"]["focus"]
-        print(f"extra peak memory with focus: {extra / 2**20:.2f} MiB "
+        print(f"extra peak memory of the forward with focus: {extra / 2**20:.2f} MiB; the hook alone: "
+              f"{result['focus_hook_alone_peak_bytes'] / 2**20:.2f} MiB "
               f"(one fp32 hidden state of the batch: {hidden_state_bytes / 2**20:.2f} MiB)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
