@@ -307,11 +307,13 @@ class FocusCaptureMixin:
             raise FocusCaptureError("the model's final norm never ran during the forward; no focus scores")
 
         start = time.perf_counter()
-        cu_seqlens = micro_batch["input_ids"].offsets()
-        focus = hook.focus.to(cu_seqlens.device)
+        focus, cu_seqlens = hook.focus, hook.cu_seqlens
         if focus.shape[0] != int(cu_seqlens[-1]):
             raise FocusCaptureError(f"focus has {focus.shape[0]} positions for {int(cu_seqlens[-1])} tokens")
-        output["model_output"][FOCUS_OUTPUT_KEY] = torch.nested.nested_tensor_from_jagged(focus, cu_seqlens)
+        # stays on the model's device like log_probs (the worker bridge moves everything at the end)
+        output["model_output"][FOCUS_OUTPUT_KEY] = torch.nested.nested_tensor_from_jagged(
+            focus, cu_seqlens.to(focus.device)
+        )
         output["metrics"][FOCUS_TIME_KEY] = hook.seconds + (time.perf_counter() - start)
         return loss, output
 
