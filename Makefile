@@ -5,7 +5,7 @@ PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip
 STAMP       := $(VENV)/.verl-vgpo-installed
 ALGO        ?= vgpo
-STEPS       ?= 4
+STEPS       ?= 8
 PYTEST_ARGS ?=
 
 .PHONY: install test demo bench clean-venv
@@ -25,7 +25,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m verl_vgpo.demo --algo $(ALGO) --steps $(STEPS)
+	$(PY) -m verl_vgpo.demo --algo $(ALGO) --steps $(STEPS) --out artifacts/demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_estimator.py
