@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_estimator.py
 	$(PY) benchmarks/bench_focus.py
 	$(PY) benchmarks/bench_logprob_focus.py
+	$(PY) benchmarks/bench_step.py
 
 clean-venv:
 	rm -rf $(VENV)
