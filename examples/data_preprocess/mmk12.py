@@ -11,6 +11,7 @@ validate on PAPO's preprocessed copy ``PAPOGalaxy/PAPO_MMK12_test`` (columns ``i
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -19,8 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vl_math_common import (  # noqa: E402
     as_image_list,
     base_argument_parser,
-    convert_split,
-    load_source,
+    convert_splits,
     make_row,
     require_field,
 )
@@ -45,22 +45,9 @@ def convert_row(example, index, split):
 
 
 def main(argv=None):
-    parser = base_argument_parser(__doc__.splitlines()[0], HUB_NAME, os.path.expanduser("~/data/mmk12"))
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS))
+    parser = base_argument_parser(__doc__.splitlines()[0], HUB_NAME, os.path.expanduser("~/data/mmk12"), SPLITS)
     args = parser.parse_args(argv)
-    for split in args.splits:
-        source = load_source(args.hub_name, split, args.local_dataset_path)
-        out_path = os.path.join(os.path.expanduser(args.output_dir), f"{split}.parquet")
-        count = convert_split(
-            source,
-            data_source=DATA_SOURCE,
-            split=split,
-            row_fn=lambda example, index, split=split: convert_row(example, index, split),
-            extra_keys=EXTRA_KEYS,
-            out_path=out_path,
-            max_rows=args.max_rows,
-        )
-        print(f"{DATA_SOURCE} {split}: {count} rows -> {out_path}")
+    convert_splits(args, DATA_SOURCE, EXTRA_KEYS, lambda split: functools.partial(convert_row, split=split))
 
 
 if __name__ == "__main__":

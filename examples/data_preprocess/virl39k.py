@@ -15,6 +15,7 @@ PAPO's preprocessed copy with embedded images, ``--hub_name PAPOGalaxy/PAPO_ViRL
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -23,8 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vl_math_common import (  # noqa: E402
     as_image_list,
     base_argument_parser,
-    convert_split,
-    load_source,
+    convert_splits,
     make_row,
     require_field,
 )
@@ -55,28 +55,17 @@ def convert_row(example, index, split, image_root):
 
 
 def main(argv=None):
-    parser = base_argument_parser(__doc__.splitlines()[0], HUB_NAME, os.path.expanduser("~/data/virl39k"))
+    parser = base_argument_parser(__doc__.splitlines()[0], HUB_NAME, os.path.expanduser("~/data/virl39k"), SPLITS)
     parser.add_argument(
         "--image_root",
         default=None,
         help="folder the release's images.zip was extracted to (image paths in the data are relative to it)",
     )
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS))
     args = parser.parse_args(argv)
     image_root = os.path.expanduser(args.image_root) if args.image_root else None
-    for split in args.splits:
-        source = load_source(args.hub_name, split, args.local_dataset_path)
-        out_path = os.path.join(os.path.expanduser(args.output_dir), f"{split}.parquet")
-        count = convert_split(
-            source,
-            data_source=DATA_SOURCE,
-            split=split,
-            row_fn=lambda example, index, split=split: convert_row(example, index, split, image_root),
-            extra_keys=EXTRA_KEYS,
-            out_path=out_path,
-            max_rows=args.max_rows,
-        )
-        print(f"{DATA_SOURCE} {split}: {count} rows -> {out_path}")
+    convert_splits(
+        args, DATA_SOURCE, EXTRA_KEYS, lambda split: functools.partial(convert_row, split=split, image_root=image_root)
+    )
 
 
 if __name__ == "__main__":

@@ -213,7 +213,9 @@ def convert_split(
     return len(rows)
 
 
-def base_argument_parser(description: str, default_hub_name: str, default_output: str) -> argparse.ArgumentParser:
+def base_argument_parser(
+    description: str, default_hub_name: str, default_output: str, splits: Iterable[str]
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--hub_name",
@@ -227,7 +229,25 @@ def base_argument_parser(description: str, default_hub_name: str, default_output
     )
     parser.add_argument("--output_dir", default=default_output, help="where the parquet files are written")
     parser.add_argument("--max_rows", type=int, default=None, help="convert only the first N rows of each split")
+    parser.add_argument("--splits", nargs="+", default=list(splits))
     return parser
+
+
+def convert_splits(args: argparse.Namespace, data_source: str, extra_keys: Iterable[str], row_fn_for_split) -> None:
+    """Convert every split named in ``args.splits``; ``row_fn_for_split(split)`` gives that split's row converter."""
+    for split in args.splits:
+        source = load_source(args.hub_name, split, args.local_dataset_path)
+        out_path = os.path.join(os.path.expanduser(args.output_dir), f"{split}.parquet")
+        count = convert_split(
+            source,
+            data_source=data_source,
+            split=split,
+            row_fn=row_fn_for_split(split),
+            extra_keys=extra_keys,
+            out_path=out_path,
+            max_rows=args.max_rows,
+        )
+        print(f"{data_source} {split}: {count} rows -> {out_path}")
 
 
 def require_field(example: Mapping[str, Any], names: tuple[str, ...]) -> Any:
