@@ -19,7 +19,10 @@ import functools
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# appended, not prepended: this folder also holds easy_vqa.py, which must not shadow the easy-vqa package
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.append(_HERE)
 
 from vl_math_common import (  # noqa: E402
     as_image_list,

@@ -251,3 +251,14 @@ def test_papo_preprocessed_layout_is_accepted(tmp_path):
         (row,) = _read_output(out_dir / "train.parquet")
         assert row["data_source"] == data_source and row["reward_model"]["ground_truth"] == "6"
         assert row["prompt"][0]["content"].startswith("<image>How many sides?")
+
+
+def test_importing_the_converters_leaves_the_easy_vqa_package_importable():
+    # examples/data_preprocess holds easy_vqa.py: a converter that put its folder in front of sys.path
+    # would make every later `import easy_vqa` load that script instead of the easy-vqa package
+    for name in ("virl39k", "mmk12", "geometry3k"):
+        _converter(name)
+    sys.modules.pop("easy_vqa", None)
+    module = importlib.import_module("easy_vqa")
+    assert Path(module.__file__).resolve().parent.parent != PREPROCESS_DIR
+    assert hasattr(module, "get_train_questions")
