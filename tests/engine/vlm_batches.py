@@ -237,3 +237,22 @@ def cpu_varlen_attention(query, key, value, attention_mask, query_length, is_cau
         query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=mask
     )
     return out.transpose(1, 2)
+
+
+def grouped_samples(processor, model) -> list[Sample]:
+    """Eight samples for group-wise estimators: the standard four, then one more of each kind.
+
+    Rows i and i + 4 are of the same kind with different pictures and responses, so a caller can give
+    them uids that put every group on both halves of the batch (a 2-way data-parallel split).
+    """
+    more = [
+        make_sample("image_b", processor, model, [{"type": "image"}, {"type": "text", "text": "What color is it?"}],
+                    "It is a blue square, I think", images=[random_image(10)]),
+        make_sample("text_only_b", processor, model, [{"type": "text", "text": "Name a shape."}], "a circle"),
+        make_sample("two_images_b", processor, model,
+                    [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Which is larger?"}],
+                    "the first", images=[random_image(11), random_image(12)]),
+        make_sample("video_only_b", processor, model, [{"type": "video"}, {"type": "text", "text": "Count them."}],
+                    "three shapes move", videos=[random_video(13)]),
+    ]
+    return standard_samples(processor, model) + more
