@@ -69,9 +69,10 @@ def visual_prototype_sums(
     counts = torch.zeros(num_sequences, device=device, dtype=torch.float32)
     counts.index_add_(0, seq_ids[visual_rows], torch.ones_like(visual_rows, dtype=torch.float32))
     step = _chunk_rows(hidden.shape[-1])
-    for start in range(0, visual_rows.numel(), step):
-        rows = visual_rows[start : start + step]
-        sums.index_add_(0, seq_ids[rows], hidden[rows].float())
+    with float32_math(device):
+        for start in range(0, visual_rows.numel(), step):
+            rows = visual_rows[start : start + step]
+            sums.index_add_(0, seq_ids[rows], hidden[rows].float())
     return sums, counts
 
 
@@ -103,20 +104,30 @@ def cosine_to_prototypes(
     prototype_norms = padded.norm(dim=-1)
     ends = cu_seqlens[1:].tolist() if cu_seqlens is not None else None
     out = torch.empty(hidden.shape[0], device=hidden.device, dtype=torch.float32)
-    step = _CHUNK_ROWS
-    for start in range(0, hidden.shape[0], step):
-        stop = min(hidden.shape[0], start + step)
-        sid = seq_ids[start:stop].clamp(max=num_sequences)
-        if ends is not None:
-            first = bisect.bisect_right(ends, start)
-            last = min(bisect.bisect_right(ends, stop - 1), num_sequences)
-        else:
-            first, last = int(sid[0]), int(sid[-1])
-        h = hidden[start:stop].float()
-        dots = (h @ padded[first : last + 1].T).gather(1, (sid - first).unsqueeze(1)).squeeze(1)
-        norms = torch.linalg.vector_norm(h, dim=-1) * prototype_norms[sid]
-        out[start:stop] = dots / norms.clamp_min(_NORM_FLOOR)
+    with float32_math(hidden.device):
+        for start in range(0, hidden.shape[0], _CHUNK_ROWS):
+            stop = min(hidden.shape[0], start + _CHUNK_ROWS)
+            sid = seq_ids[start:stop].clamp(max=num_sequences)
+            if ends is not None:
+                first = bisect.bisect_right(ends, start)
+                last = min(bisect.bisect_right(ends, stop - 1), num_sequences)
+            else:
+                first, last = int(sid[0]), int(sid[-1])
+            h = hidden[start:stop].float()
+            dots = (h @ padded[first : last + 1].T).gather(1, (sid - first).unsqueeze(1)).squeeze(1)
+            norms = torch.linalg.vector_norm(h, dim=-1) * prototype_norms[sid]
+            out[start:stop] = dots / norms.clamp_min(_NORM_FLOOR)
     return out
+
+
+def float32_math(device: torch.device):
+    """Disable autocast for the scoring math.
+
+    verl's engine runs the model forward (and so the final-norm hook that calls these functions)
+    under ``torch.autocast(bf16)``; there a matmul of float32 inputs would still run in bf16, giving
+    bf16 cosines (ties in the top-k gate) or, under fp16, overflowing dot products.
+    """
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
 
 
 def visual_focus_scores(

@@ -110,3 +110,16 @@ def test_building_blocks_without_offsets_match(monkeypatch):
     sums, counts = focus.visual_prototype_sums(hidden, ids, seq_ids, len(cu) - 1, [IMAGE, VIDEO])
     scores = focus.cosine_to_prototypes(hidden, seq_ids, focus.prototypes_from_sums(sums, counts))
     torch.testing.assert_close(scores, visual_focus_scores(hidden, ids, cu, [IMAGE, VIDEO]), equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_scores_stay_float32_under_autocast(dtype):
+    # verl's engine runs the forward, hence the final-norm hook, under torch.autocast(param_dtype)
+    g = torch.Generator().manual_seed(3)
+    hidden, ids, cu = packed(H=64)
+    hidden = (hidden + 40 * torch.randn(1, 64, generator=g)) * 8  # shared direction, |h|*|v| > fp16 max
+    exact = visual_focus_scores(hidden, ids, cu, [IMAGE, VIDEO])
+    with torch.autocast(device_type="cpu", dtype=dtype):
+        under_autocast = visual_focus_scores(hidden, ids, cu, [IMAGE, VIDEO])
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, exact, equal_nan=True, atol=1e-6, rtol=0)
