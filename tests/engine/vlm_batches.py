@@ -185,8 +185,11 @@ def ensure_single_process_group() -> None:
     dist.init_process_group("gloo", rank=0, world_size=1)
 
 
-def build_training_worker(model_path: str, use_remove_padding: bool):
-    """verl's real TrainingWorker with the FSDP2 engine, fp32, sdpa attention, on the CPU platform."""
+def build_training_worker(model_path: str, use_remove_padding: bool, param_dtype: str = "fp32"):
+    """verl's real TrainingWorker with the FSDP2 engine, sdpa attention, on the CPU platform.
+
+    ``param_dtype`` other than fp32 makes verl run the forward under ``torch.autocast(param_dtype)``.
+    """
     from verl.trainer.config.config import CheckpointConfig
     from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
     from verl.workers.engine_workers import TrainingWorker, TrainingWorkerConfig
@@ -204,7 +207,7 @@ def build_training_worker(model_path: str, use_remove_padding: bool):
         micro_batch_size_per_gpu=2,
         infer_max_token_len_per_gpu=4096,
         max_token_len_per_gpu=4096,
-        mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
+        mixed_precision={"param_dtype": param_dtype, "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
         use_torch_compile=False,
     )
     worker = TrainingWorker(
