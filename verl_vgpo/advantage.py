@@ -198,7 +198,8 @@ def vgpo_weights(
     # Eq. 7: per-trajectory min-max over valid tokens (w >= 0 and is 0 elsewhere, so max needs no mask)
     wmin = w.masked_fill(~valid, float("inf")).amin(dim=-1, keepdim=True)
     wmax = w.amax(dim=-1, keepdim=True)
-    w_hat = w.sub_(wmin).div_(wmax - wmin + _MINMAX_EPS).mul_(valid)
+    # masked_fill, not mul: rows without signal have wmin = inf and would leave NaN behind
+    w_hat = w.sub_(wmin).div_(wmax - wmin + _MINMAX_EPS).masked_fill_(~valid, 0.0)
     w_hat_sum = w_hat.sum(dim=-1)
     w_hat_mean = w_hat_sum / lengths.clamp_min(1).to(torch.float32)
 
@@ -289,8 +290,8 @@ def compute_vgpo_advantage(
         factor = factor * weights.token_weight
     if cfg.inter_trajectory:
         factor = factor * weights.trajectory_weight.unsqueeze(-1)
-    mask = response_mask.to(advantages.device, torch.float32)
-    scale = factor * mask
+    response_mask = response_mask.to(advantages.device)
+    scale = factor * response_mask.to(torch.float32)
     advantages = advantages.to(torch.float32) * scale
     # every supported base estimator is an outcome estimator whose returns equal its advantages;
     # the re-weighted advantage keeps that relation (as verl's GRPO does)

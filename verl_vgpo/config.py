@@ -8,6 +8,7 @@ Every problem is reported at start-up with the key and the allowed values, never
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -173,7 +174,7 @@ def _validate(cfg: VGPOConfig) -> None:
             fail(key, "must be true or false")
     for key in _FLOAT_KEYS:
         value = getattr(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             fail(key, "must be a finite number")
     if cfg.compensation_strength < 0:
         fail("compensation_strength", "must be >= 0")
@@ -186,8 +187,8 @@ def _validate(cfg: VGPOConfig) -> None:
         fail("compensation_exponent", "must be > 0")
     for key in _PAIR_KEYS:
         low, high = getattr(cfg, key)
-        if not (low == low and high == high):
-            fail(key, "bounds must be numbers")
+        if not (math.isfinite(low) and math.isfinite(high)):
+            fail(key, "bounds must be finite numbers")
         if low > high:
             fail(key, "low bound must be <= high bound")
         if low <= 0:

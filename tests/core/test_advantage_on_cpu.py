@@ -265,6 +265,7 @@ def test_nan_row_gets_unit_factors_and_leaves_its_group_normalisation():
     cfg = VGPOConfig()
     w = vgpo_weights(rho_nan, mask, index, cfg)
     assert w.trajectory_weight[0] == 1.0 and torch.all(w.token_weight[0] == 1.0)
+    assert torch.all(w.normalized_weight[0] == 0.0)  # no NaN left behind by the row's empty min/max
     assert w.has_signal.tolist() == [False, True, True, True]
     w_rest = vgpo_weights(rho[1:], mask[1:], index[1:], cfg)
     torch.testing.assert_close(w.trajectory_weight[1:], w_rest.trajectory_weight)

@@ -56,6 +56,9 @@ def test_reads_dictconfig_block_with_coercion():
         ({"intra_trajectory": 1}, "intra_trajectory", "true or false"),
         ({"compensation_strength": "high"}, "compensation_strength", "number"),
         ({"compensation_strength": True}, "compensation_strength", "number"),
+        ({"compensation_strength": float("inf")}, "compensation_strength", "finite"),
+        ({"gate_start": float("nan")}, "gate_start", "finite"),
+        ({"trajectory_weight_clip": [0.9, float("inf")]}, "trajectory_weight_clip", "finite"),
     ],
 )
 def test_every_invalid_value_names_its_key(block, key, fragment):
