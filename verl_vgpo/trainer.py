@@ -49,6 +49,7 @@ from omegaconf import OmegaConf
 
 from verl_vgpo.advantage import ESTIMATOR_NAME, focus_scores_for_advantage
 from verl_vgpo.config import SEQUENCE_RATIO_POLICY_LOSSES, VGPOConfig, VGPOConfigError
+from verl_vgpo.engine import FOCUS_BACKENDS
 from verl_vgpo.keys import (
     CAPTURE_FOCUS_FLAG,
     FOCUS_OUTPUT_KEY,
@@ -114,6 +115,14 @@ def check_vgpo_trainer_config(config: Any) -> VGPOConfig:
             "mode skips the old-log-prob forward pass, and that pass is where the actor captures the visual "
             "focus scores. Set algorithm.rollout_correction.bypass_mode=false (decoupled mode keeps rollout "
             "correction and recomputes old log-probs)."
+        )
+
+    strategy = _get(_get(_get(config, "actor_rollout_ref"), "actor"), "strategy")
+    if strategy is not None and strategy not in FOCUS_BACKENDS:
+        raise VGPOConfigError(
+            f"algorithm.adv_estimator=vgpo cannot run with actor_rollout_ref.actor.strategy={strategy}: verl-vgpo "
+            f"captures the visual focus scores in verl's FSDP engines only ({', '.join(FOCUS_BACKENDS)}). "
+            f"Use actor_rollout_ref.actor.strategy=fsdp2."
         )
 
     loss_mode = _get(_get(_get(_get(config, "actor_rollout_ref"), "actor"), "policy_loss"), "loss_mode")

@@ -304,6 +304,7 @@ def test_agent_loops_with_several_outputs_per_session_are_refused(make_config, m
         ({"algorithm.rollout_correction.bypass_mode": True}, "rollout_correction.bypass_mode=true"),
         ({"actor_rollout_ref.actor.policy_loss.loss_mode": "gspo"}, "loss_mode=gspo"),
         ({"actor_rollout_ref.actor.policy_loss.loss_mode": "geo_mean"}, "loss_mode=geo_mean"),
+        ({"actor_rollout_ref.actor.strategy": "megatron"}, "actor_rollout_ref.actor.strategy=megatron"),
         ({"algorithm.vgpo.compensation": "cubic"}, "algorithm.vgpo.compensation='cubic'"),
         ({"algorithm.vgpo.gate_topratio": 0.3}, "unknown key"),
         ({"trainer.use_v1": False}, "trainer.use_v1=true"),
