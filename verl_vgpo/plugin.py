@@ -31,19 +31,26 @@ LOADED = False
 
 
 def load() -> None:
-    """Run every registration of the package (idempotent)."""
+    """Run every registration of the package (idempotent).
+
+    Every registration is attempted even when an earlier one fails, so that a CPU-only helper that
+    breaks (e.g. after a verl API change) cannot keep the estimator, engines and trainers from being
+    installed on a GPU cluster; the failures are logged loudly and raised together at the end.
+    """
     global LOADED
+    failures = []
     for module_name, function_name in REGISTRATIONS:
         try:
             getattr(importlib.import_module(module_name), function_name)()
-        except Exception:
+        except Exception as error:
             logger.exception(
-                "verl-vgpo: %s.%s failed; algorithm.adv_estimator=vgpo will not work in this process",
+                "verl-vgpo: %s.%s failed; algorithm.adv_estimator=vgpo may not work in this process",
                 module_name,
                 function_name,
             )
-            raise
+            failures.append(f"{module_name}.{function_name}: {error!r}")
+    if failures:
+        raise RuntimeError("verl-vgpo registrations failed: " + "; ".join(failures))
     LOADED = True
-
 
 load()
