@@ -218,10 +218,14 @@ class FocusHook:
             raise FocusCaptureError(
                 "the final norm ran twice in one micro-batch forward; VGPO focus capture expects one pass"
             )
-        start = time.perf_counter()
         hidden = output[0] if isinstance(output, tuple) else output
+        # on an accelerator the layers' kernels are still queued here: wait for them first, so that
+        # the time measures this hook's own work, not the forward it happens to wait on
+        _synchronize(hidden.device)
+        start = time.perf_counter()
         with torch.no_grad():
             self.focus = self._score(hidden.detach())
+        _synchronize(hidden.device)
         self.seconds += time.perf_counter() - start
         return None
 
@@ -264,6 +268,11 @@ class FocusHook:
             hidden, ids, self.cu_seqlens, sp_rank * shard_len, self.visual_ids, all_reduce=all_reduce
         )
         return gather_outputs_and_unpad(shard_focus, gather_dim=0, unpad_dim=0, padding_size=pad, group=group)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type != "cpu":
+        getattr(torch, device.type).synchronize(device)
 
 
 @contextmanager
