@@ -348,7 +348,8 @@ def main(argv=None) -> int:
         if not (data_dir / "train.parquet").exists():
             print(f"building easy-vqa parquet files in {data_dir}", flush=True)
             subprocess.run([sys.executable, str(REPO_ROOT / "examples/data_preprocess/easy_vqa.py"),
-                            "--local_save_dir", str(data_dir), "--train_size", "64", "--val_size", "16"], check=True)
+                            "--local_save_dir", str(data_dir), "--train_size", "64", "--val_size", "16"], check=True,
+                           timeout=600)
         check_model_has_image_tokens(model_dir)
         for split_file in ("train.parquet", "test.parquet"):
             check_dataset_has_images(data_dir / split_file)

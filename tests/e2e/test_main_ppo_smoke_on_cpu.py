@@ -39,7 +39,7 @@ def workspace(tmp_path_factory):
     model_dir = Path(build_tiny_vlm(root / "tiny_vlm", seed=0))
     data_dir = root / "easy_vqa"
     subprocess.run([sys.executable, str(demo.REPO_ROOT / "examples/data_preprocess/easy_vqa.py"),
-                    "--local_save_dir", str(data_dir), "--train_size", "16", "--val_size", "4"], check=True)
+                    "--local_save_dir", str(data_dir), "--train_size", "16", "--val_size", "4"], check=True, timeout=300)
     return {"root": root, "model": model_dir, "data": data_dir}
 
 
