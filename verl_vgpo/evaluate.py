@@ -66,9 +66,17 @@ class Example:
     ground_truth: Any
 
 
-def load_examples(parquet_paths: Sequence[str], max_rows_per_file: int | None = None) -> list[Example]:
-    """Rows of verl RL parquet files as chat messages with their images (PIL) in placeholder order."""
+def load_examples(
+    parquet_paths: Sequence[str], max_rows_per_file: int | None = None, image_patch_size: int = 14
+) -> list[Example]:
+    """Rows of verl RL parquet files as chat messages with their images (PIL) in placeholder order.
+
+    Images may be decoded PIL images (files written by ``datasets``) or ``{"bytes": ...}`` dicts (files
+    written by pandas); both go through verl's own ``process_image``, as in training (``image_patch_size``
+    14 for Qwen2.5-VL, 16 for Qwen3-VL, like ``data.image_patch_size``).
+    """
     import datasets
+    from verl.utils.dataset.vision_utils import process_image
 
     examples = []
     for path in parquet_paths:
@@ -85,7 +93,7 @@ def load_examples(parquet_paths: Sequence[str], max_rows_per_file: int | None = 
                     data_source=row["data_source"],
                     index=row_number,
                     messages=_messages_with_images(row["prompt"], len(images), f"{path} row {row_number}"),
-                    images=[image.convert("RGB") for image in images],
+                    images=[process_image(image, image_patch_size) for image in images],
                     ground_truth=row["reward_model"]["ground_truth"],
                 )
             )
@@ -158,11 +166,14 @@ class HFGenerator:
                     "multimodal positions; use a transformers version whose Qwen-VL processor returns them"
                 )
             inputs = inputs.to(self.device)
+            # explicit, so the checkpoint's generation_config (e.g. a repetition penalty) cannot change the
+            # protocol: the same settings as verl's rollout and as the vLLM backend here
             sampling = (
                 {"do_sample": True, "temperature": protocol.temperature, "top_p": 1.0, "top_k": 0}
                 if protocol.temperature > 0
                 else {"do_sample": False}
             )
+            sampling["repetition_penalty"] = 1.0
             with torch.no_grad():
                 output = self.model.generate(
                     **inputs,
@@ -323,6 +334,9 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_model_len", type=int, default=8192, help="vLLM only")
     parser.add_argument("--max_rows", type=int, default=None, help="evaluate only the first N rows of each file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--image_patch_size", type=int, default=14, help="14 for Qwen2.5-VL, 16 for Qwen3-VL (as data.image_patch_size)"
+    )
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1 or args.batch_size < 1:
         parser.error("--max_new_tokens and --batch_size must be >= 1")
@@ -334,7 +348,7 @@ def main(argv=None) -> list[dict[str, Any]]:
     protocols = [parse_protocol(name, args.temperature) for name in args.protocols]
     if len({p.name for p in protocols}) != len(protocols):
         raise ValueError(f"a protocol is listed twice: {args.protocols}")
-    examples = load_examples(args.data, args.max_rows)
+    examples = load_examples(args.data, args.max_rows, args.image_patch_size)
 
     backend = args.backend
     if backend == "auto":

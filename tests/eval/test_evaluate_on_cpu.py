@@ -203,3 +203,28 @@ def test_hf_generation_matches_an_uncached_single_prompt_decode(tiny_vlm_path, b
     assert result["batched"] == result["reference"]
     assert {"<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"} <= set(result["suppressed"])
     assert "<|im_end|>" not in result["suppressed"]  # end of sequence stays possible
+
+
+def test_images_stored_as_bytes_dicts_load_like_decoded_ones(tmp_path):
+    # pandas-written parquet (e.g. examples/data_preprocess/easy_vqa.py) keeps images as {"bytes": ...}
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    from verl_vgpo.evaluate import load_examples
+
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (56, 56, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    row = {
+        "data_source": "toy",
+        "prompt": [{"role": "user", "content": "<image>What colour?"}],
+        "images": [{"bytes": buffer.getvalue()}],
+        "reward_model": {"style": "rule", "ground_truth": "red"},
+    }
+    path = tmp_path / "bytes.parquet"
+    pd.DataFrame([row]).to_parquet(path)
+    (example,) = load_examples([str(path)])
+    assert len(example.images) == 1 and example.images[0].mode == "RGB"
+    assert np.array_equal(np.asarray(example.images[0]), np.asarray(image))
