@@ -14,6 +14,13 @@ TRAIN_FILES=${TRAIN_FILES:-$DATA_DIR/virl39k/train.parquet}
 VAL_FILES=${VAL_FILES:-$DATA_DIR/mmk12/test.parquet}
 NNODES=${NNODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+# with dynamic batching verl checks this only at the first update, after a full rollout: check it here.
+# Each update step takes 128 prompts x 8 rollouts (config/vgpo_trainer.yaml), split over all GPUs.
+if (( (128 * 8) % (NNODES * GPUS_PER_NODE) != 0 )); then
+    echo "$(basename "$0"): 128 prompts x 8 rollouts per update must split evenly over NNODES x GPUS_PER_NODE" \
+         "= $((NNODES * GPUS_PER_NODE)) GPUs (use 1, 2, 4 or 8 nodes of 8 GPUs)" >&2
+    exit 2
+fi
 
 "$PYTHON" -m verl.trainer.main_ppo \
     --config-path="$RECIPE_DIR/config" \

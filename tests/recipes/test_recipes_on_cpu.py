@@ -259,17 +259,19 @@ def test_a_typo_in_an_override_fails(recorder, tmp_path):
     )
     with pytest.raises(InstantiationException, match="loss_agg_mode"):
         validate_like_verl(config)
-    # without dynamic batching verl checks that the rollout batch (512 x 8) splits evenly over 3 x 8 GPUs
-    config = compose_script(
-        "run_qwen2_5_vl_7b_vgpo.sh",
-        recorder,
-        tmp_path,
-        extra_env={"NNODES": "3"},
-        extra_args=[
-            "actor_rollout_ref.actor.use_dynamic_bsz=false",
-            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
-            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
-        ],
+    # (a GPU count the batches cannot split over is refused by the scripts themselves, before verl: see
+    # test_scripts_refuse_a_gpu_count_the_update_batch_cannot_split_over)
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "recipes" / "vgpo").glob("run_*.sh")))
+def test_scripts_refuse_a_gpu_count_the_update_batch_cannot_split_over(script, tmp_path):
+    # with dynamic batching verl would only assert this at the first actor update, after a whole rollout
+    result = subprocess.run(
+        ["bash", str(REPO / "recipes" / "vgpo" / script)],
+        env={**os.environ, "NNODES": "3", "PYTHON": "false"},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    with pytest.raises(AssertionError, match="divisible"):
-        validate_like_verl(config)
+    assert result.returncode == 2
+    assert "split evenly over NNODES x GPUS_PER_NODE = 24 GPUs" in result.stderr
