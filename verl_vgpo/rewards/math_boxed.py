@@ -74,13 +74,22 @@ def _normalise(answer: str) -> str:
     return answer.rstrip(".").strip()
 
 
+# boxed answers longer than this are compared as text, never handed to sympy
+MAX_SYMBOLIC_ANSWER_CHARS = 300
+
+
 def answers_match(predicted: str, ground_truth: str) -> bool:
     """Whether ``predicted`` and ``ground_truth`` denote the same final answer."""
     bare_truth = _BARE_CHOICE.match(ground_truth.strip()) or _TEXT_CHOICE.match(ground_truth.strip())
     if bare_truth:
         # the reference is an option letter: only the letter of the prediction counts
         return choice_letter(predicted) == bare_truth.group(1)
-    return bool(grade_answer(_normalise(predicted), _normalise(ground_truth)))
+    predicted, ground_truth = _normalise(predicted), _normalise(ground_truth)
+    if len(predicted) > MAX_SYMBOLIC_ANSWER_CHARS:
+        # mathruler simplifies with sympy without a time limit: a huge boxed expression could stall a
+        # reward worker for minutes, so long answers are compared as text only
+        return predicted == ground_truth
+    return bool(grade_answer(predicted, ground_truth))
 
 
 def follows_format(solution_str: str) -> bool:
