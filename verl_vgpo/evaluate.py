@@ -191,20 +191,50 @@ class HFGenerator:
         return responses
 
 
+def check_prompt_lengths(processor, examples: Sequence[Example], max_model_len: int, max_new_tokens: int) -> None:
+    """Refuse, before any generation, prompts that cannot fit ``max_model_len`` with room for one token.
+
+    vLLM raises inside ``generate`` for such a prompt and the whole evaluation is lost; image tokens
+    depend on the processor's pixel limits, so the length is measured with the processor itself.
+    """
+    too_long = []
+    for example in examples:
+        text = processor.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[text], images=example.images or None, return_tensors="pt")
+        length = int(inputs["input_ids"].shape[1])
+        if length >= max_model_len:
+            too_long.append(f"{example.data_source} row {example.index}: {length} tokens")
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} prompt(s) do not fit --max_model_len={max_model_len} (prompt tokens incl. images; "
+            f"generation may use up to {max_new_tokens} more): {'; '.join(too_long[:10])}"
+            f"{' ...' if len(too_long) > 10 else ''}. Raise --max_model_len or filter those rows."
+        )
+
+
 class VLLMGenerator:
     """vLLM offline generation (GPU)."""
 
-    def __init__(self, model_path: str, max_new_tokens: int, seed: int, tensor_parallel_size: int, max_model_len: int):
+    def __init__(
+        self,
+        model_path: str,
+        max_new_tokens: int,
+        seed: int,
+        tensor_parallel_size: int,
+        max_model_len: int,
+        max_images_per_prompt: int = 8,
+    ):
         from transformers import AutoProcessor
         from vllm import LLM
 
         self.processor = AutoProcessor.from_pretrained(model_path)
+        self.max_model_len = max_model_len
         self.llm = LLM(
             model=model_path,
             tensor_parallel_size=tensor_parallel_size,
             max_model_len=max_model_len,
             seed=seed,
-            limit_mm_per_prompt={"image": 8},
+            limit_mm_per_prompt={"image": max(1, max_images_per_prompt)},
         )
         self.max_new_tokens = max_new_tokens
         self.seed = seed
@@ -355,8 +385,14 @@ def main(argv=None) -> list[dict[str, Any]]:
         backend = "vllm" if vllm_usable() else "hf"
     if backend == "vllm":
         generator: Generator = VLLMGenerator(
-            args.model_path, args.max_new_tokens, args.seed, args.tensor_parallel_size, args.max_model_len
+            args.model_path,
+            args.max_new_tokens,
+            args.seed,
+            args.tensor_parallel_size,
+            args.max_model_len,
+            max_images_per_prompt=max(len(example.images) for example in examples),
         )
+        check_prompt_lengths(generator.processor, examples, args.max_model_len, args.max_new_tokens)
     else:
         generator = HFGenerator(args.model_path, args.max_new_tokens, args.batch_size, args.seed)
 

@@ -228,3 +228,15 @@ def test_images_stored_as_bytes_dicts_load_like_decoded_ones(tmp_path):
     (example,) = load_examples([str(path)])
     assert len(example.images) == 1 and example.images[0].mode == "RGB"
     assert np.array_equal(np.asarray(example.images[0]), np.asarray(image))
+
+
+def test_prompts_too_long_for_max_model_len_are_refused_before_generation(tiny_vlm_path, benchmark_parquet):
+    from transformers import AutoProcessor
+
+    from verl_vgpo.evaluate import check_prompt_lengths, load_examples
+
+    processor = AutoProcessor.from_pretrained(tiny_vlm_path)
+    examples = load_examples([str(benchmark_parquet)])
+    check_prompt_lengths(processor, examples, max_model_len=4096, max_new_tokens=16)  # all fit
+    with pytest.raises(ValueError, match=r"do not fit --max_model_len=8 .* row 0: \d+ tokens"):
+        check_prompt_lengths(processor, examples, max_model_len=8, max_new_tokens=16)
