@@ -293,29 +293,26 @@ def time_variants(args, model_path):
         host = HostPeakMemory() if device.type == "cpu" else None
         for _ in range(2):  # twice, keep the smaller: the first run of a process may still grow caches
             for variant in variants:
-                if host is not None:
-                    extra = host.measure(lambda: runner.run(variant))
-                else:
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                    before = torch.cuda.memory_allocated()
-                    runner.run(variant)
-                    torch.cuda.synchronize()
-                    extra = torch.cuda.max_memory_allocated() - before
+                measure = host.measure if host is not None else cuda_peak_extra
+                extra = measure(lambda: runner.run(variant))
                 peak[variant] = min(extra, peak.get(variant, extra))
         # the hook alone on a hidden state of the same shape: its own transient memory, free of the
         # forward's allocator noise
         hook, hidden = runner.isolated_hook_input()
-        if host is not None:
-            peak["hook_alone"] = host.measure(lambda: hook._score(hidden))
-        else:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-            hook._score(hidden)
-            torch.cuda.synchronize()
-            peak["hook_alone"] = torch.cuda.max_memory_allocated() - before
+        measure = host.measure if host is not None else cuda_peak_extra
+        peak["hook_alone"] = measure(lambda: hook._score(hidden))
     return runner, times, cpu_times, focus_seconds, peak
+
+
+def cuda_peak_extra(fn) -> int:
+    """Bytes of GPU memory ``fn`` allocated at its peak above what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
 
 
 class HostPeakMemory:

@@ -284,13 +284,13 @@ def compute_vgpo_advantage(
     cfg = VGPOConfig.from_algorithm_config(config)
     advantages, _ = base_advantage(token_level_rewards, response_mask, index, config, cfg.base_estimator, **kwargs)
     focus_scores = focus_scores.to(advantages.device)
-    weights = vgpo_weights(focus_scores, response_mask.to(advantages.device), index, cfg)
+    response_mask = response_mask.to(advantages.device)
+    weights = vgpo_weights(focus_scores, response_mask, index, cfg)
     factor = torch.ones_like(weights.token_weight)
     if cfg.intra_trajectory:
         factor = factor * weights.token_weight
     if cfg.inter_trajectory:
         factor = factor * weights.trajectory_weight.unsqueeze(-1)
-    response_mask = response_mask.to(advantages.device)
     scale = factor * response_mask.to(torch.float32)
     advantages = advantages.to(torch.float32) * scale
     # every supported base estimator is an outcome estimator whose returns equal its advantages;
