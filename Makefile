@@ -25,7 +25,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m verl_vgpo.demo --algo $(ALGO) --steps $(STEPS) --out artifacts/demo
+	$(PY) -m verl_vgpo.apps.demo --algo $(ALGO) --steps $(STEPS) --out artifacts/demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_estimator.py

@@ -1,6 +1,6 @@
 """Cost of VGPO focus capture on the old-log-prob forward: time ratio and extra peak memory.
 
-Runs the same old-log-prob forward of a random mid-size Qwen2.5-VL (``verl_vgpo.tiny_vlm`` preset
+Runs the same old-log-prob forward of a random mid-size Qwen2.5-VL (``verl_vgpo.cpu.tiny_vlm`` preset
 "bench": hidden 1024, 8 layers; built offline) with and without focus capture, alternating the two
 variants, and prints the ratios measured in this run:
 
@@ -8,7 +8,7 @@ variants, and prints the ratios measured in this run:
   ``TrainingWorker.infer_batch`` on the FSDP2 engine (padded layout, CPU platform), once with the
   ``CAPTURE_FOCUS_FLAG`` set and once without;
 * backend ``hf`` (default otherwise, e.g. on a GPU box without verl): a plain HF forward that
-  computes log-probs like verl, with and without the very same ``verl_vgpo.engine.FocusHook`` on the
+  computes log-probs like verl, with and without the very same ``verl_vgpo.wiring.engine.FocusHook`` on the
   final norm; it also times ``output_hidden_states=True`` (what the official implementation does)
   for contrast.
 
@@ -40,9 +40,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from verl_vgpo.engine import FocusHook, find_final_norm, focus_hook  # noqa: E402
-from verl_vgpo.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY  # noqa: E402
-from verl_vgpo.tiny_vlm import build_tiny_vlm  # noqa: E402
+from verl_vgpo.wiring.engine import FocusHook, find_final_norm, focus_hook  # noqa: E402
+from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY  # noqa: E402
+from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm  # noqa: E402
 
 VARIANTS_VERL = ("base", "focus")
 VARIANTS_HF = ("base", "focus", "all_hidden_states")

@@ -12,7 +12,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from verl_vgpo.demo import read_metrics, run_main_ppo
+from verl_vgpo.apps.demo import read_metrics, run_main_ppo
 
 VGPO_ADDED = ("vgpo/timing/focus_capture_s", "vgpo/timing/focus_fetch_s", "vgpo/timing/reweight_s")
 

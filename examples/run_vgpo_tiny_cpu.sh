@@ -5,7 +5,7 @@
 #   ALGO=grpo STEPS=2 bash examples/run_vgpo_tiny_cpu.sh    # GRPO for comparison
 #   bash examples/run_vgpo_tiny_cpu.sh trainer.rollout_data_dir=/tmp/rollouts   # extra Hydra overrides
 #
-# Everything is offline: the model is built by verl_vgpo.tiny_vlm, the data comes from the easy-vqa wheel.
+# Everything is offline: the model is built by verl_vgpo.cpu.tiny_vlm, the data comes from the easy-vqa wheel.
 # What differs from a GPU run, and why:
 #   VERL_PLATFORM=cpu                      verl_vgpo's CPU platform (gloo, device "cpu"); exported here and passed
 #                                          to every Ray worker through ray_init.runtime_env (also on a running cluster)
@@ -35,7 +35,7 @@ case "$ALGO" in
   *) echo "run_vgpo_tiny_cpu.sh: ALGO must be vgpo or grpo, got '$ALGO'" >&2; exit 2 ;;
 esac
 
-[ -f "$MODEL_DIR/config.json" ] || "$PYTHON" -m verl_vgpo.tiny_vlm --out "$MODEL_DIR"
+[ -f "$MODEL_DIR/config.json" ] || "$PYTHON" -m verl_vgpo.cpu.tiny_vlm --out "$MODEL_DIR"
 [ -f "$DATA_DIR/train.parquet" ] || "$PYTHON" examples/data_preprocess/easy_vqa.py \
   --local_save_dir "$DATA_DIR" --train_size "$TRAIN_SIZE" --val_size 16
 

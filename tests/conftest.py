@@ -15,6 +15,6 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_vlm_path(tmp_path_factory):
     """One tiny offline Qwen2.5-VL checkpoint (random weights, local tokenizer) per test session."""
-    from verl_vgpo.tiny_vlm import build_tiny_vlm
+    from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
 
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm") / "model", seed=0)

@@ -10,56 +10,22 @@ scores, so the result does not depend on micro-batching, row order or data-paral
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import inspect
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from verl_vgpo.config import VGPOConfig
-from verl_vgpo.keys import METRIC_PREFIX
 
-ESTIMATOR_NAME = "vgpo"
+METRIC_PREFIX = "vgpo/"  # every metric VGPO logs through verl's tracker
 _MINMAX_EPS = 1e-8  # Eq. 7 and Eq. 10 denominators
 
 
 class MissingFocusScoresError(RuntimeError):
     """The vgpo estimator was called without the focus scores of the old-log-prob pass."""
-
-
-# --------------------------------------------------------------------------------------------------
-# step context: how the trainer layer hands focus scores to the estimator that verl calls
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class VGPOStep:
-    """Inputs and outputs of one advantage computation that verl's call signature cannot carry."""
-
-    focus_scores: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-_CURRENT_STEP: contextvars.ContextVar[Optional[VGPOStep]] = contextvars.ContextVar("vgpo_step", default=None)
-
-
-@contextlib.contextmanager
-def focus_scores_for_advantage(focus_scores: torch.Tensor) -> Iterator[VGPOStep]:
-    """Make ``focus_scores`` (bs, response_length) visible to the ``vgpo`` estimator verl calls inside.
-
-    verl's ``compute_advantage`` passes a custom estimator only rewards, mask, uid and config; the
-    trainer layer wraps that call in this context. After it, ``step.metrics`` holds spec section 6.
-    """
-    step = VGPOStep(focus_scores=focus_scores)
-    token = _CURRENT_STEP.set(step)
-    try:
-        yield step
-    finally:
-        _CURRENT_STEP.reset(token)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,7 +314,7 @@ _MISSING_FOCUS_MESSAGE = (
     "Install verl-vgpo in the environment of the driver and of every Ray worker (and do not exclude it with "
     "VERL_USE_EXTERNAL_PLUGINS), run through `python -m verl.trainer.main_ppo` with trainer.use_v1=true, or, when "
     "calling the estimator directly, use verl_vgpo.advantage.compute_vgpo_advantage(..., focus_scores=...) or wrap "
-    "the call in verl_vgpo.advantage.focus_scores_for_advantage(focus_scores)."
+    "the call in verl_vgpo.wiring.estimator.focus_scores_for_advantage(focus_scores)."
 )
 
 
@@ -360,46 +326,3 @@ def _config_get(config: Any, key: str, default: Any) -> Any:
     except Exception:
         value = getattr(config, key, default)
     return default if value is None else value
-
-
-# --------------------------------------------------------------------------------------------------
-# verl registration
-# --------------------------------------------------------------------------------------------------
-
-
-def vgpo_adv_estimator(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: Any = None,
-    config: Any = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The function verl's ``compute_advantage`` calls for ``algorithm.adv_estimator=vgpo``.
-
-    Focus scores come from :func:`focus_scores_for_advantage` (set by the trainer layer) or, for direct
-    callers, a ``focus_scores`` keyword. Metrics land in the step context.
-    """
-    step = _CURRENT_STEP.get()
-    focus_scores = kwargs.pop("focus_scores", None)
-    if focus_scores is None and step is not None:
-        focus_scores = step.focus_scores
-    if index is None:
-        raise ValueError("algorithm.adv_estimator=vgpo groups rollouts by prompt and needs the batch's 'uid' array")
-    metrics = step.metrics if step is not None else None
-    return compute_vgpo_advantage(
-        token_level_rewards, response_mask, index, focus_scores, config=config, metrics=metrics, **kwargs
-    )
-
-
-def register_estimator() -> None:
-    """Register ``vgpo`` in verl's advantage estimator registry (idempotent, also across reloads)."""
-    from verl.trainer.ppo import core_algos
-
-    current = core_algos.ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME)
-    if current is not None and getattr(current, "__qualname__", None) == vgpo_adv_estimator.__qualname__ and getattr(
-        current, "__module__", None
-    ) == vgpo_adv_estimator.__module__:
-        # same function (possibly from a reloaded module): keep one registration
-        core_algos.ADV_ESTIMATOR_REGISTRY[ESTIMATOR_NAME] = vgpo_adv_estimator
-        return
-    core_algos.register_adv_est(ESTIMATOR_NAME)(vgpo_adv_estimator)

@@ -180,3 +180,77 @@ def prototypes_from_sums(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tens
 
 def _chunk_rows(hidden_size: int) -> int:
     return max(1, _CHUNK_ELEMENTS // max(1, hidden_size))
+
+
+class FocusCaptureError(RuntimeError):
+    """Focus capture was requested but cannot be done correctly for this model or batch."""
+
+
+# layouts of verl's engine: padded rows and sequence-parallel shards of the packed sequence
+
+
+def focus_of_padded(
+    hidden: torch.Tensor, cu_seqlens: torch.Tensor, packed_input_ids: torch.Tensor, visual_ids: Sequence[int]
+) -> torch.Tensor:
+    """Focus of the right-padded layout: hidden (B, max_len, H) -> (total_tokens,) in packed order.
+
+    The padded rows are scored in place as B "sequences" of max_len positions (their padding carries
+    the id -1, never a visual token, so it does not touch the prototypes); only the (tokens,) scores of
+    the real positions are then selected. No copy of the hidden state is made.
+    """
+    lengths = cu_seqlens.diff().to(hidden.device)
+    if hidden.dim() != 3 or hidden.shape[0] != lengths.numel() or int(lengths.max()) > hidden.shape[1]:
+        raise FocusCaptureError(
+            f"padded layout: expected hidden (B={lengths.numel()}, max_len>={int(lengths.max())}, H), "
+            f"got {tuple(hidden.shape)}"
+        )
+    batch, max_len, width = hidden.shape
+    valid = torch.arange(max_len, device=hidden.device) < lengths.unsqueeze(1)
+    padded_ids = torch.full((batch, max_len), -1, dtype=packed_input_ids.dtype, device=hidden.device)
+    padded_ids[valid] = packed_input_ids.to(hidden.device)
+    row_offsets = torch.arange(0, batch * max_len + 1, max_len, device=hidden.device)
+    scores = visual_focus_scores(hidden.reshape(batch * max_len, width), padded_ids.reshape(-1), row_offsets, visual_ids)
+    return scores.view(batch, max_len)[valid]
+
+
+def focus_on_sequence_shard(
+    hidden_shard: torch.Tensor,
+    packed_input_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    shard_offset: int,
+    visual_ids: Sequence[int],
+    all_reduce=None,
+) -> torch.Tensor:
+    """Focus of the positions ``[shard_offset, shard_offset + len(hidden_shard))`` of a packed sequence.
+
+    The shard may cut sequences anywhere: the per-sequence visual sums and counts of every shard are
+    combined by ``all_reduce`` (in place, summing; None for a single shard) before the prototypes are
+    formed, so every shard scores against the prototype of the whole sequence.
+
+    Args:
+        hidden_shard: (L, H) hidden states of this shard.
+        packed_input_ids: (total_tokens + pad,) ids of the whole padded packed sequence.
+        cu_seqlens: (B+1,) offsets of the real sequences; positions past ``cu_seqlens[-1]`` are padding.
+        shard_offset: global position of the shard's first row.
+
+    Returns:
+        (L,) float32 scores, NaN on padding and on sequences without visual tokens.
+    """
+    length = hidden_shard.shape[0]
+    device = hidden_shard.device
+    cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int64)
+    num_sequences = cu_seqlens.numel() - 1
+    positions = torch.arange(shard_offset, shard_offset + length, device=device)
+    seq_ids = torch.searchsorted(cu_seqlens[1:], positions, right=True)
+    shard_ids = packed_input_ids[shard_offset : shard_offset + length].to(device)
+    if shard_ids.numel() != length:
+        raise FocusCaptureError(
+            f"sequence shard [{shard_offset}, {shard_offset + length}) runs past the packed input "
+            f"({packed_input_ids.numel()} positions)"
+        )
+    sums, counts = visual_prototype_sums(hidden_shard, shard_ids, seq_ids, num_sequences, visual_ids)
+    if all_reduce is not None:
+        all_reduce(sums)
+        all_reduce(counts)
+    prototypes = prototypes_from_sums(sums, counts)
+    return cosine_to_prototypes(hidden_shard, seq_ids, prototypes, cu_seqlens - shard_offset)

@@ -14,17 +14,17 @@ logger = logging.getLogger("verl_vgpo")
 
 # (module, function) pairs run in order at load. Each function must be idempotent.
 REGISTRATIONS: list[tuple[str, str]] = [
-    ("verl_vgpo.advantage", "register_estimator"),
+    ("verl_vgpo.wiring.estimator", "register_estimator"),
     # inert unless VERL_PLATFORM=cpu selects it; must precede register_engines (it adds the "cpu" keys)
     ("verl_vgpo.cpu", "register_cpu_platform"),
     # focus-capturing FSDP language-model engines for every device (old-log-prob pass only)
-    ("verl_vgpo.engine", "register_engines"),
+    ("verl_vgpo.wiring.engine", "register_engines"),
     # rollout.name=hf_cpu: HF-generate rollout server for CPU runs (inert unless selected)
     ("verl_vgpo.cpu.rollout", "register_hf_cpu_rollout"),
     # CPU platform only: plain "gloo" for verl's worker process groups (verl builds "cpu:gloo,cpu:gloo")
     ("verl_vgpo.cpu.distributed", "install_cpu_process_group_backend"),
     # V1 trainers with the focus hand-over, installed once verl imports its trainer package
-    ("verl_vgpo.trainer", "register_trainers"),
+    ("verl_vgpo.wiring.trainer", "register_trainers"),
 ]
 
 LOADED = False

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from verl_vgpo import demo
+from verl_vgpo.apps import demo
 
 RUN_TIMEOUT_S = 300
 TRAJECTORY_WEIGHT_CLIP = (0.9, 2.0)  # spec §4 defaults
@@ -33,7 +33,7 @@ def workspace(tmp_path_factory):
     import subprocess
     import sys
 
-    from verl_vgpo.tiny_vlm import build_tiny_vlm
+    from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
 
     root = tmp_path_factory.mktemp("main_ppo_smoke")
     model_dir = Path(build_tiny_vlm(root / "tiny_vlm", seed=0))

@@ -95,7 +95,7 @@ def validate_like_verl(config):
     vgpo = VGPOConfig.from_algorithm_config(config.algorithm)
     if config.algorithm.adv_estimator == "vgpo":
         # the refusals verl-vgpo's trainer layer applies when the trainer is constructed
-        from verl_vgpo.trainer import check_vgpo_trainer_config
+        from verl_vgpo.wiring.trainer import check_vgpo_trainer_config
 
         assert check_vgpo_trainer_config(config) == vgpo
     get_adv_estimator_fn(config.algorithm.adv_estimator)  # raises for an unregistered estimator

@@ -258,7 +258,7 @@ def register_cpu_platform() -> None:
 def _register_engines_for_cpu() -> None:
     """Point EngineRegistry's "cpu" entries of the FSDP backends at verl's CUDA FSDP engine classes.
 
-    An entry already present (e.g. the focus-capturing subclass installed by verl_vgpo.engine) is kept.
+    An entry already present (e.g. the focus-capturing subclass installed by verl_vgpo.wiring.engine) is kept.
     """
     from verl.workers.engine import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead

@@ -40,13 +40,13 @@ import torch
 
 from verl_vgpo.config import VISUAL_TOKEN_KINDS
 from verl_vgpo.focus import (
-    cosine_to_prototypes,
-    prototypes_from_sums,
-    sequence_ids,
+    FocusCaptureError,
+    focus_of_padded,
+    focus_on_sequence_shard,
     visual_focus_scores,
-    visual_prototype_sums,
 )
-from verl_vgpo.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY, FOCUS_VISUAL_TOKENS_KEY
+from verl_vgpo.wiring import compat
+from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY, FOCUS_VISUAL_TOKENS_KEY
 
 logger = logging.getLogger("verl_vgpo")
 
@@ -59,10 +59,6 @@ FOCUS_BACKENDS = ("fsdp", "fsdp2", "fsdp_turbo")
 # name suffixes of the language model's final norm, most specific first (VLMs keep the decoder under
 # ``language_model``; text-only models have ``model.norm``). FSDP1 / PEFT only add prefixes.
 _FINAL_NORM_SUFFIXES = ("language_model.norm", "model.norm")
-
-
-class FocusCaptureError(RuntimeError):
-    """Focus capture was requested but cannot be done correctly for this model or batch."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -114,73 +110,6 @@ def visual_token_ids(hf_config: Any, kinds: Iterable[str] | None = None) -> list
             f"{[kind + '_token_id' for kind in kinds]}"
         )
     return ids
-
-
-def focus_of_padded(
-    hidden: torch.Tensor, cu_seqlens: torch.Tensor, packed_input_ids: torch.Tensor, visual_ids: Sequence[int]
-) -> torch.Tensor:
-    """Focus of the right-padded layout: hidden (B, max_len, H) -> (total_tokens,) in packed order.
-
-    The padded rows are scored in place as B "sequences" of max_len positions (their padding carries
-    the id -1, never a visual token, so it does not touch the prototypes); only the (tokens,) scores of
-    the real positions are then selected. No copy of the hidden state is made.
-    """
-    lengths = cu_seqlens.diff().to(hidden.device)
-    if hidden.dim() != 3 or hidden.shape[0] != lengths.numel() or int(lengths.max()) > hidden.shape[1]:
-        raise FocusCaptureError(
-            f"padded layout: expected hidden (B={lengths.numel()}, max_len>={int(lengths.max())}, H), "
-            f"got {tuple(hidden.shape)}"
-        )
-    batch, max_len, width = hidden.shape
-    valid = torch.arange(max_len, device=hidden.device) < lengths.unsqueeze(1)
-    padded_ids = torch.full((batch, max_len), -1, dtype=packed_input_ids.dtype, device=hidden.device)
-    padded_ids[valid] = packed_input_ids.to(hidden.device)
-    row_offsets = torch.arange(0, batch * max_len + 1, max_len, device=hidden.device)
-    scores = visual_focus_scores(hidden.reshape(batch * max_len, width), padded_ids.reshape(-1), row_offsets, visual_ids)
-    return scores.view(batch, max_len)[valid]
-
-
-def focus_on_sequence_shard(
-    hidden_shard: torch.Tensor,
-    packed_input_ids: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    shard_offset: int,
-    visual_ids: Sequence[int],
-    all_reduce=None,
-) -> torch.Tensor:
-    """Focus of the positions ``[shard_offset, shard_offset + len(hidden_shard))`` of a packed sequence.
-
-    The shard may cut sequences anywhere: the per-sequence visual sums and counts of every shard are
-    combined by ``all_reduce`` (in place, summing; None for a single shard) before the prototypes are
-    formed, so every shard scores against the prototype of the whole sequence.
-
-    Args:
-        hidden_shard: (L, H) hidden states of this shard.
-        packed_input_ids: (total_tokens + pad,) ids of the whole padded packed sequence.
-        cu_seqlens: (B+1,) offsets of the real sequences; positions past ``cu_seqlens[-1]`` are padding.
-        shard_offset: global position of the shard's first row.
-
-    Returns:
-        (L,) float32 scores, NaN on padding and on sequences without visual tokens.
-    """
-    length = hidden_shard.shape[0]
-    device = hidden_shard.device
-    cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int64)
-    num_sequences = cu_seqlens.numel() - 1
-    positions = torch.arange(shard_offset, shard_offset + length, device=device)
-    seq_ids = torch.searchsorted(cu_seqlens[1:], positions, right=True)
-    shard_ids = packed_input_ids[shard_offset : shard_offset + length].to(device)
-    if shard_ids.numel() != length:
-        raise FocusCaptureError(
-            f"sequence shard [{shard_offset}, {shard_offset + length}) runs past the packed input "
-            f"({packed_input_ids.numel()} positions)"
-        )
-    sums, counts = visual_prototype_sums(hidden_shard, shard_ids, seq_ids, num_sequences, visual_ids)
-    if all_reduce is not None:
-        all_reduce(sums)
-        all_reduce(counts)
-    prototypes = prototypes_from_sums(sums, counts)
-    return cosine_to_prototypes(hidden_shard, seq_ids, prototypes, cu_seqlens - shard_offset)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -357,51 +286,5 @@ def register_engines() -> None:
                 replaced.append(f"{backend}/{key}")
     if not replaced:
         raise FocusCaptureError("no FSDP language-model engine is registered in verl; cannot install VGPO capture")
-    _fix_text_only_visual_dummy()
+    compat.fix_qwen2_vl_text_only_dummy()
     logger.debug("verl-vgpo: focus-capturing engines installed for %s", replaced)
-
-
-# ---------------------------------------------------------------------------------------------------
-# compatibility fix in verl's Qwen2-VL forward
-# ---------------------------------------------------------------------------------------------------
-
-
-def _fix_text_only_visual_dummy() -> None:
-    """Make verl's patched Qwen2/2.5-VL forward work for micro-batches without any image or video.
-
-    verl 0.9.1 runs the vision tower on a dummy image when a micro-batch has no pixels (so that every
-    FSDP rank uses the same parameters) and adds ``0 * image_embeds.mean()``; with transformers >= 5
-    the vision tower returns an output object, and ``.mean()`` on it raises AttributeError. Text-only
-    micro-batches (text prompts, the trainer's balance-padding rows) then crash. This wraps verl's
-    helper: micro-batches with pixels go to it unchanged; text-only ones get the same zero-weighted
-    dummy through ``unpack_visual_output``.
-    """
-    try:
-        import verl.models.transformers.qwen2_vl as qwen2_vl
-    except ImportError:
-        return
-    original = getattr(qwen2_vl, "_get_input_embeds", None)
-    if original is None or getattr(original, "vgpo_text_only_fix", False):
-        return
-    from verl.utils.transformers_compat import unpack_visual_output
-
-    def get_input_embeds(model, input_ids, attention_mask=None, pixel_values=None, pixel_values_videos=None,
-                         image_grid_thw=None, video_grid_thw=None):
-        if pixel_values is not None or pixel_values_videos is not None:
-            return original(model, input_ids, attention_mask, pixel_values, pixel_values_videos,
-                            image_grid_thw, video_grid_thw)
-        inputs_embeds = model.get_input_embeddings()(input_ids)
-        vision = model.config.vision_config
-        # smallest valid grid: one temporal patch of 2x2 merge windows (4x4 patches)
-        grid = torch.tensor([[1, 2 * vision.spatial_merge_size, 2 * vision.spatial_merge_size]],
-                            dtype=torch.long, device=inputs_embeds.device)
-        patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
-        dummy_pixels = torch.zeros((int(grid.prod()), patch_dim), dtype=model.visual.dtype, device=inputs_embeds.device)
-        dummy_embeds, _ = unpack_visual_output(model.visual(dummy_pixels, grid_thw=grid))
-        inputs_embeds = inputs_embeds + 0.0 * dummy_embeds.mean().to(inputs_embeds.dtype)
-        if attention_mask is not None:
-            attention_mask = attention_mask.to(inputs_embeds.device)
-        return inputs_embeds, attention_mask
-
-    get_input_embeds.vgpo_text_only_fix = True
-    qwen2_vl._get_input_embeds = get_input_embeds

@@ -26,7 +26,7 @@ import torch
 from tensordict import TensorDict
 from tensordict.tensorclass import NonTensorStack
 
-from verl_vgpo.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY
+from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY
 
 
 class FakeTransferQueue:

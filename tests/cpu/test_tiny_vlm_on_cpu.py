@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from verl_vgpo.tiny_vlm import COLORS, SETTINGS_FILE, SHAPES, build_tiny_vlm, resolve_size
+from verl_vgpo.cpu.tiny_vlm import COLORS, SETTINGS_FILE, SHAPES, build_tiny_vlm, resolve_size
 
 
 def _random_image(seed, size=64):
@@ -114,7 +114,7 @@ def test_size_validation_and_cli(tmp_path):
 
     from transformers import AutoConfig
 
-    from verl_vgpo.tiny_vlm import main
+    from verl_vgpo.cpu.tiny_vlm import main
 
     main(
         ["--out", str(tmp_path / "cli"), "--hidden-size", "128", "--mrope-section", "4", "6", "6",

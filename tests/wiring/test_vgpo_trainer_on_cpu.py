@@ -1,6 +1,6 @@
 """verl's real V1 trainer classes with VGPO's layer, driven through fakes of TQ and the workers.
 
-What is faked (and why) is described in tests/trainer/fakes.py; the trainer objects, verl's config,
+What is faked (and why) is described in tests/wiring/fakes.py; the trainer objects, verl's config,
 ``step()``, ``_balance_batch``, ``_compute_old_log_prob``, ``_compute_advantage``, ``compute_advantage``,
 the MetricsAggregator and the vgpo estimator are the real ones.
 """
@@ -18,11 +18,11 @@ from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-from tests.trainer.fakes import DEFAULT_SEQUENCES, Sequence, focus_value, stored_padded, uid_array
+from tests.wiring.fakes import DEFAULT_SEQUENCES, Sequence, focus_value, stored_padded, uid_array
 from verl_vgpo.advantage import compute_vgpo_advantage
 from verl_vgpo.config import VGPOConfigError
-from verl_vgpo.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_VISUAL_TOKENS_KEY, METRIC_PREFIX
-from verl_vgpo.trainer import (
+from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_VISUAL_TOKENS_KEY, METRIC_PREFIX
+from verl_vgpo.wiring.trainer import (
     FOCUS_CAPTURE_TIME_METRIC,
     FOCUS_FETCH_TIME_METRIC,
     VGPO_TRAINERS,
@@ -115,9 +115,9 @@ def test_plain_import_verl_installs_each_part_when_verl_imports_it_and_survives_
         "assert RayPPOTrainer.__init__._vgpo_legacy_guard\n"
         "from verl.trainer.ppo.v1 import get_trainer_cls\n"
         "names = [get_trainer_cls(m).__name__ for m in ('sync', 'colocate_async', 'separate_async')]\n"
-        "import verl_vgpo.plugin, verl_vgpo.trainer\n"
-        "importlib.reload(verl_vgpo.trainer); importlib.reload(verl_vgpo.plugin)\n"
-        "assert get_trainer_cls('sync') is verl_vgpo.trainer.PPOTrainerSyncWithVGPO\n"
+        "import verl_vgpo.plugin, verl_vgpo.wiring.trainer\n"
+        "importlib.reload(verl_vgpo.wiring.trainer); importlib.reload(verl_vgpo.plugin)\n"
+        "assert get_trainer_cls('sync') is verl_vgpo.wiring.trainer.PPOTrainerSyncWithVGPO\n"
         "assert not any(hasattr(f, 'vgpo_after_import_of') for f in sys.meta_path)\n"
         "print(lazy, names)\n"
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.engine.vlm_batches import (
+from tests.wiring.vlm_batches import (
     build_batch,
     build_training_worker,
     cpu_varlen_attention,
@@ -22,7 +22,7 @@ from tests.engine.vlm_batches import (
     snapshot_qwen_methods,
     standard_samples,
 )
-from verl_vgpo.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY
+from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY
 
 TOLERANCE = 1e-5
 
@@ -209,7 +209,7 @@ def test_dynamic_bsz_restores_original_row_order(padded_worker, samples, referen
 
 
 def test_visual_token_selection(padded_worker, samples, hf_parts):
-    from verl_vgpo.engine import VISUAL_TOKENS_KEY
+    from verl_vgpo.wiring.engine import VISUAL_TOKENS_KEY
 
     model = hf_parts[1]
     output = padded_worker.infer(_capture_batch(samples, **{VISUAL_TOKENS_KEY: ["image"]}))
@@ -227,7 +227,7 @@ def test_visual_token_selection(padded_worker, samples, hf_parts):
 
 
 def test_no_focus_without_flag_and_hook_always_removed(padded_worker, samples, monkeypatch):
-    import verl_vgpo.engine as engine_module
+    import verl_vgpo.wiring.engine as engine_module
 
     norm = engine_module.find_final_norm(padded_worker.worker.engine.module)
     assert not norm._forward_hooks
@@ -245,6 +245,7 @@ def test_no_focus_without_flag_and_hook_always_removed(padded_worker, samples, m
         raise RuntimeError("scoring failed on purpose")
 
     monkeypatch.setattr(engine_module, "visual_focus_scores", failing_scores)
+    monkeypatch.setattr("verl_vgpo.focus.visual_focus_scores", failing_scores)  # the padded layout scores there
     with pytest.raises(RuntimeError, match="scoring failed on purpose"):
         padded_worker.infer(_capture_batch(samples))
     assert not norm._forward_hooks
@@ -272,7 +273,7 @@ def test_update_pass_never_captures(padded_worker, samples):
 
 
 def engine_module_norm_hooks(engine):
-    from verl_vgpo.engine import find_final_norm
+    from verl_vgpo.wiring.engine import find_final_norm
 
     return find_final_norm(engine.module)._forward_hooks
 

@@ -15,7 +15,7 @@ Everything is written with ``save_pretrained`` so ``AutoProcessor`` / ``AutoToke
 ``AutoModelForImageTextToText`` reload it offline. Building is deterministic for a given seed and
 size, and idempotent: a folder already holding a build with the same settings is reused.
 
-CLI: ``python -m verl_vgpo.tiny_vlm --out DIR [--preset bench] [--hidden-size 256 ...]``.
+CLI: ``python -m verl_vgpo.cpu.tiny_vlm --out DIR [--preset bench] [--hidden-size 256 ...]``.
 """
 
 from __future__ import annotations

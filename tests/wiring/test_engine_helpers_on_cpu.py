@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from verl_vgpo.engine import (
+from verl_vgpo.wiring.engine import (
     FocusCaptureError,
     find_final_norm,
     focus_on_sequence_shard,
@@ -150,7 +150,7 @@ def test_register_engines_is_idempotent_and_covers_every_device():
     from verl.workers.engine import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
-    from verl_vgpo.engine import focus_engine_class, register_engines
+    from verl_vgpo.wiring.engine import focus_engine_class, register_engines
 
     register_engines()
     first = {b: dict(EngineRegistry._engines["language_model"][b]) for b in ("fsdp", "fsdp2", "fsdp_turbo")}
@@ -170,7 +170,7 @@ def test_register_engines_is_idempotent_and_covers_every_device():
 def _sp_rank_main(rank, world_size, port, hidden, input_ids, cu_seqlens, queue):
     import torch.distributed as dist
 
-    from verl_vgpo.engine import FocusHook
+    from verl_vgpo.wiring.engine import FocusHook
 
     # plain lists cross the process boundary (shared-memory tensors die with their process)
     hidden, input_ids, cu_seqlens = torch.tensor(hidden), torch.tensor(input_ids), torch.tensor(cu_seqlens)
@@ -192,7 +192,7 @@ def test_focus_hook_under_real_sequence_parallel_collectives():
     """Two gloo ranks each holding a contiguous shard (Ulysses layout): all-reduce + all-gather path."""
     import torch.multiprocessing as mp
 
-    from tests.engine.vlm_batches import free_port
+    from tests.wiring.vlm_batches import free_port
 
     generator = torch.Generator().manual_seed(7)
     cu_seqlens = torch.tensor([0, 9, 11, 25])  # 2 ranks x 13 rows: the shard boundary (13) cuts sequence 2

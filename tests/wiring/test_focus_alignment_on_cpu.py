@@ -6,7 +6,7 @@ import pytest
 import torch
 from verl.workers.utils.padding import response_from_nested
 
-from verl_vgpo.trainer import FocusLayoutError, response_aligned_focus
+from verl_vgpo.wiring.trainer import FocusLayoutError, response_aligned_focus
 
 
 def jagged(rows):
@@ -105,8 +105,8 @@ class _Output:
 
 
 def test_engine_focus_seconds_in_each_form_verl_returns():
-    from verl_vgpo.keys import FOCUS_TIME_KEY
-    from verl_vgpo.trainer import _engine_focus_seconds
+    from verl_vgpo.wiring.keys import FOCUS_TIME_KEY
+    from verl_vgpo.wiring.trainer import _engine_focus_seconds
 
     one_rank = {FOCUS_TIME_KEY: [[0.5, 0.25]], "loss": 1.0}  # [rank [micro-batch]]
     two_ranks = {FOCUS_TIME_KEY: [[0.5, 0.25], [1.0]], "loss": 1.0}  # all-gathered: every rank holds both

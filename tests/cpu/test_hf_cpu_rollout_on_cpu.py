@@ -39,7 +39,7 @@ def _rollout_config(**overrides):
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory):
-    from verl_vgpo.tiny_vlm import build_tiny_vlm
+    from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
 
     return build_tiny_vlm(tmp_path_factory.mktemp("hf_cpu") / "model", seed=0)
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.engine.test_engine_focus_on_cpu import WorkerUnderTest, cpu_platform, hf_parts, samples  # noqa: F401
-from tests.engine.vlm_batches import build_batch, build_training_worker, restore_qwen_methods, snapshot_qwen_methods
-from verl_vgpo.engine import find_final_norm, focus_of_padded, visual_token_ids
-from verl_vgpo.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY
+from tests.wiring.test_engine_focus_on_cpu import WorkerUnderTest, cpu_platform, hf_parts, samples  # noqa: F401
+from tests.wiring.vlm_batches import build_batch, build_training_worker, restore_qwen_methods, snapshot_qwen_methods
+from verl_vgpo.wiring.engine import find_final_norm, focus_of_padded, visual_token_ids
+from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY
 
 
 @pytest.fixture(scope="module")

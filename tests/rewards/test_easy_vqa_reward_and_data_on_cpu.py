@@ -114,7 +114,7 @@ def test_rows_load_through_verls_dataset_with_the_tiny_vlm_processor(tmp_path):
 
     from verl.utils import hf_processor, hf_tokenizer
     from verl.utils.dataset.rl_dataset import RLHFDataset
-    from verl_vgpo.tiny_vlm import build_tiny_vlm
+    from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
 
     converter = _load_converter()
     outputs = converter.main(["--local_save_dir", str(tmp_path / "data"), "--train_size", "2", "--val_size", "1"])

@@ -13,7 +13,7 @@ never build a trainer do not import it):
   and reports its capture time as the engine metric ``FOCUS_TIME_KEY``, which this layer reads from the
   worker output (verl's method discards that output, so the worker group is wrapped for the pass).
 * ``_compute_advantage``: reads the focus field, aligns it to the response tokens and runs verl's own
-  ``_compute_advantage`` inside :func:`verl_vgpo.advantage.focus_scores_for_advantage`, then merges the
+  ``_compute_advantage`` inside :func:`verl_vgpo.wiring.estimator.focus_scores_for_advantage`, then merges the
   estimator's metrics into the step metrics (which verl's tracker logs).
 
 Both overrides wrap ``super()`` instead of copying verl's bodies, so verl's logic (KL in reward, rollout
@@ -33,7 +33,6 @@ worker bridge returning engine metrics in ``output.extra_info["metrics"]``.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.abc
 import importlib.util
@@ -47,10 +46,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torch
 from omegaconf import OmegaConf
 
-from verl_vgpo.advantage import ESTIMATOR_NAME, focus_scores_for_advantage
+from verl_vgpo.wiring import compat
+from verl_vgpo.wiring.estimator import ESTIMATOR_NAME, focus_scores_for_advantage
 from verl_vgpo.config import SEQUENCE_RATIO_POLICY_LOSSES, VGPOConfig, VGPOConfigError
-from verl_vgpo.engine import FOCUS_BACKENDS
-from verl_vgpo.keys import (
+from verl_vgpo.wiring.engine import FOCUS_BACKENDS
+from verl_vgpo.wiring.keys import (
     CAPTURE_FOCUS_FLAG,
     FOCUS_OUTPUT_KEY,
     FOCUS_TIME_KEY,
@@ -466,7 +466,7 @@ def register_trainers() -> None:
     Each part runs now if verl's module is already imported, else right after verl imports it (a
     one-shot import hook), so a process that never touches verl's trainers does not pay for them.
     """
-    _when_imported(LEGACY_TRAINER_MODULE, install_legacy_trainer_guard)
+    _when_imported(LEGACY_TRAINER_MODULE, compat.install_legacy_trainer_guard)
     _when_imported(V1_TRAINER_PACKAGE, install_trainers)
 
 
@@ -490,28 +490,6 @@ def install_trainers() -> None:
             f"{vgpo_cls.verl_trainer_cls.__qualname__}; another plugin replaced it. VGPO's trainer layer wraps "
             f"verl's class and will not override that one."
         )
-
-
-def install_legacy_trainer_guard() -> None:
-    """Make verl's legacy ``RayPPOTrainer`` refuse adv_estimator=vgpo at construction (idempotent).
-
-    ``main_ppo`` with ``trainer.use_v1=false`` builds ``RayPPOTrainer`` in its TaskRunner before any
-    worker starts; without this guard the run would fail only at the first advantage computation.
-    """
-    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
-
-    original_init = RayPPOTrainer.__init__
-    if getattr(original_init, "_vgpo_legacy_guard", False):
-        return
-
-    @functools.wraps(original_init)
-    def init_refusing_vgpo(self, config, *args, **kwargs):
-        if uses_vgpo(config):
-            raise VGPOConfigError(LEGACY_TRAINER_MESSAGE)
-        original_init(self, config, *args, **kwargs)
-
-    init_refusing_vgpo._vgpo_legacy_guard = True  # type: ignore[attr-defined]
-    RayPPOTrainer.__init__ = init_refusing_vgpo
 
 
 def _when_imported(module_name: str, install: Callable[[], None]) -> None:

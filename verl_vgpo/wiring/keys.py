@@ -1,5 +1,7 @@
 """Names shared by the engine (worker side) and the trainer layer; one place so they cannot drift."""
 
+from verl_vgpo.advantage import METRIC_PREFIX  # noqa: F401  (the metric prefix belongs to the estimator)
+
 # extra_info flag the trainer sets on the old-log-prob batch to ask the engine for focus scores
 CAPTURE_FOCUS_FLAG = "vgpo_capture_focus"
 
@@ -10,8 +12,6 @@ FOCUS_OUTPUT_KEY = "vgpo_focus"
 # seconds the engine spent on focus capture for this batch (summed over micro-batches)
 FOCUS_TIME_KEY = "vgpo_focus_seconds"
 
-# prefix of every metric VGPO logs through verl's tracker
-METRIC_PREFIX = "vgpo/"
 
 # extra_info entry the trainer sets beside CAPTURE_FOCUS_FLAG: the visual token kinds (a list drawn from
 # config.VISUAL_TOKEN_KINDS, e.g. ["image", "video"]) whose hidden states form the visual prototype;

@@ -1,4 +1,4 @@
-"""verl_vgpo.evaluate: protocols, scoring and the accuracy table, and the CLI on the tiny offline VLM.
+"""verl_vgpo.apps.evaluate: protocols, scoring and the accuracy table, and the CLI on the tiny offline VLM.
 
 Generation with the model runs in child processes (the CLI, as users run it): verl's class-level
 patch of the Qwen-VL forward, applied by engine tests earlier in the same pytest process, breaks HF
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from verl_vgpo.evaluate import Example, Protocol, evaluate, format_table, parse_protocol
+from verl_vgpo.apps.evaluate import Example, Protocol, evaluate, format_table, parse_protocol
 from verl_vgpo.rewards.math_boxed import compute_score
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,7 +118,7 @@ def test_protocols():
 
 
 def _run_cli(model, data, out_dir, *extra):
-    command = [sys.executable, "-m", "verl_vgpo.evaluate", "--model_path", str(model), "--data", str(data)]
+    command = [sys.executable, "-m", "verl_vgpo.apps.evaluate", "--model_path", str(model), "--data", str(data)]
     command += ["--output_dir", str(out_dir), "--backend", "hf", "--max_new_tokens", "12", *extra]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=CHILD_ENV, cwd=REPO)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -160,7 +160,7 @@ def test_cli_on_tiny_vlm(tiny_vlm_path, benchmark_parquet, tmp_path):
 
 REFERENCE_SCRIPT = r"""
 import json, sys, torch
-from verl_vgpo.evaluate import HFGenerator, load_examples, parse_protocol
+from verl_vgpo.apps.evaluate import HFGenerator, load_examples, parse_protocol
 model_path, data_path, steps = sys.argv[1], sys.argv[2], 10
 examples = load_examples([data_path])
 generator = HFGenerator(model_path, steps, batch_size=len(examples), seed=0)
@@ -212,7 +212,7 @@ def test_images_stored_as_bytes_dicts_load_like_decoded_ones(tmp_path):
     import pandas as pd
     from PIL import Image
 
-    from verl_vgpo.evaluate import load_examples
+    from verl_vgpo.apps.evaluate import load_examples
 
     image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (56, 56, 3), dtype=np.uint8))
     buffer = io.BytesIO()
@@ -233,7 +233,7 @@ def test_images_stored_as_bytes_dicts_load_like_decoded_ones(tmp_path):
 def test_prompts_too_long_for_max_model_len_are_refused_before_generation(tiny_vlm_path, benchmark_parquet):
     from transformers import AutoProcessor
 
-    from verl_vgpo.evaluate import check_prompt_lengths, load_examples
+    from verl_vgpo.apps.evaluate import check_prompt_lengths, load_examples
 
     processor = AutoProcessor.from_pretrained(tiny_vlm_path)
     examples = load_examples([str(benchmark_parquet)])

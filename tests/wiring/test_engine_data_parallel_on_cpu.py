@@ -6,7 +6,7 @@ on a two-process group (DP=2, each rank holds half of the FSDP2-sharded model). 
 and the VGPO advantages computed from it must not depend on the split.
 
 What is real: the worker processes run verl's ``TrainingWorker`` (the focus-capturing FSDP2 engine of
-``verl_vgpo.engine`` on the CPU platform of ``verl_vgpo.cpu``) over real gloo collectives. The driver
+``verl_vgpo.wiring.engine`` on the CPU platform of ``verl_vgpo.cpu``) over real gloo collectives. The driver
 side is verl's own ``WorkerGroup`` base class: its ``_bind_worker_method`` binds every ``@register``-ed
 ``TrainingWorker`` method with the dispatch / collect functions verl declares for it, so
 ``infer_batch`` is split by ``make_nd_compute_dataproto_dispatch_fn(mesh_name="train")`` (the dp rank of
@@ -39,8 +39,8 @@ import traceback
 import pytest
 import torch
 
-from tests.engine.vlm_batches import build_batch, grouped_samples
-from verl_vgpo.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY
+from tests.wiring.vlm_batches import build_batch, grouped_samples
+from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY
 
 # rows i and i + 4 are of the same kind; uids interleave so that every group lies on both DP ranks
 UIDS = ["a", "b"] * 4
@@ -59,7 +59,7 @@ def _worker_process_main(rank, world_size, port, model_path, connection):
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from tests.engine.vlm_batches import build_training_worker
+    from tests.wiring.vlm_batches import build_training_worker
     from verl_vgpo.cpu import enable_cpu_platform
 
     enable_cpu_platform()
@@ -234,7 +234,7 @@ def _infer(group, samples, order, **settings):
 
 
 def _response_focus(full_focus_rows, samples):
-    from verl_vgpo.trainer import response_aligned_focus
+    from verl_vgpo.wiring.trainer import response_aligned_focus
 
     focus = torch.nested.as_nested_tensor(full_focus_rows, layout=torch.jagged)
     response_mask = torch.nested.as_nested_tensor(

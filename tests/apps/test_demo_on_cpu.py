@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 
-from verl_vgpo import demo
+from verl_vgpo.apps import demo
 
 
 def _rows(with_images=True, with_placeholder=True):

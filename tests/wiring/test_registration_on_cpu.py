@@ -20,20 +20,20 @@ def test_plain_import_verl_registers_vgpo_in_a_fresh_process():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     found = json.loads(out.stdout.strip().splitlines()[-1])
-    assert found == {"module": "verl_vgpo.advantage", "name": "vgpo_adv_estimator"}
+    assert found == {"module": "verl_vgpo.wiring.estimator", "name": "vgpo_adv_estimator"}
 
 
 def test_registration_is_idempotent_across_reloads():
     import verl  # noqa: F401
-    import verl_vgpo.advantage
+    import verl_vgpo.wiring.estimator
     import verl_vgpo.plugin
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
     importlib.reload(verl_vgpo.plugin)
     verl_vgpo.plugin.load()
-    importlib.reload(verl_vgpo.advantage)
-    verl_vgpo.advantage.register_estimator()
-    assert get_adv_estimator_fn("vgpo") is verl_vgpo.advantage.vgpo_adv_estimator
+    importlib.reload(verl_vgpo.wiring.estimator)
+    verl_vgpo.wiring.estimator.register_estimator()
+    assert get_adv_estimator_fn("vgpo") is verl_vgpo.wiring.estimator.vgpo_adv_estimator
 
 
 def _data_proto(seed=0, bs=8, L=6):
@@ -56,7 +56,8 @@ def test_verl_compute_advantage_dispatches_to_vgpo():
     import verl  # noqa: F401
     from verl.trainer.ppo.ray_trainer import compute_advantage
 
-    from verl_vgpo.advantage import compute_vgpo_advantage, focus_scores_for_advantage
+    from verl_vgpo.advantage import compute_vgpo_advantage
+    from verl_vgpo.wiring.estimator import focus_scores_for_advantage
 
     data, focus = _data_proto()
     algorithm = OmegaConf.create(

@@ -16,7 +16,7 @@ computes the right multimodal (M-RoPE) positions, prompts are left-padded, and s
 than end-of-sequence (image/video pads, vision start/end, ...) are suppressed so a weak model cannot
 emit a token that breaks the position computation.
 
-    python -m verl_vgpo.evaluate --model_path ckpt/hf --data ~/data/mmk12/test.parquet \\
+    python -m verl_vgpo.apps.evaluate --model_path ckpt/hf --data ~/data/mmk12/test.parquet \\
         --protocols greedy avg@8 --output_dir eval/mmk12
 """
 

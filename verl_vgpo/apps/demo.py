@@ -1,7 +1,7 @@
 """``make demo``: VGPO (and GRPO for comparison) through verl's real ``main_ppo`` on a CPU-only machine.
 
-    python -m verl_vgpo.demo --algo vgpo --steps 4 --out artifacts/demo
-    python -m verl_vgpo.demo --algo both --steps 4 --out artifacts/demo    # vgpo then grpo, one plot
+    python -m verl_vgpo.apps.demo --algo vgpo --steps 4 --out artifacts/demo
+    python -m verl_vgpo.apps.demo --algo both --steps 4 --out artifacts/demo    # vgpo then grpo, one plot
 
 For each algorithm it runs ``examples/run_vgpo_tiny_cpu.sh`` (the documented command: ``python -m
 verl.trainer.main_ppo`` with the CPU settings) in a subprocess, with a hard wall-clock limit. The script
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_SCRIPT = REPO_ROOT / "examples" / "run_vgpo_tiny_cpu.sh"
 ALGORITHMS = ("vgpo", "grpo")
 
@@ -58,7 +58,7 @@ def check_model_has_image_tokens(model_dir: Path) -> None:
     if config.get("image_token_id") is None:
         raise DemoError(
             f"model at {model_dir} ({config.get('model_type', 'unknown type')}) declares no image_token_id: VGPO needs "
-            "a vision-language model whose prompts contain image tokens (e.g. python -m verl_vgpo.tiny_vlm --out DIR)"
+            "a vision-language model whose prompts contain image tokens (e.g. python -m verl_vgpo.cpu.tiny_vlm --out DIR)"
         )
 
 
@@ -290,7 +290,7 @@ def plot_runs(runs: dict[str, list[dict]], png_path: Path) -> None:
 
 def write_summary(runs: dict[str, list[dict]], wall_times: dict[str, float], summary_path: Path, png_name: str) -> str:
     lines = ["# VGPO demo (verl main_ppo on CPU)", "",
-             "Tiny random Qwen2.5-VL (verl_vgpo.tiny_vlm), easy-vqa images, graded exact-match reward, "
+             "Tiny random Qwen2.5-VL (verl_vgpo.cpu.tiny_vlm), easy-vqa images, graded exact-match reward, "
              "rollout `hf_cpu`. A random model does not learn VQA in a few steps: this shows the pipeline and "
              "VGPO's signals, not accuracy.", "", f"![demo]({png_name})", ""]
     for algo, records in runs.items():
@@ -341,7 +341,7 @@ def main(argv=None) -> int:
 
     try:
         if not (model_dir / "config.json").exists():
-            from verl_vgpo.tiny_vlm import build_tiny_vlm
+            from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
 
             print(f"building tiny VLM in {model_dir}", flush=True)
             build_tiny_vlm(model_dir)

@@ -1,4 +1,9 @@
-"""Fixtures that drive verl's real V1 trainer classes on CPU; the fakes and why they exist: fakes.py."""
+"""Fixtures of the wiring tests (engine and trainer layer).
+
+verl's engine monkey-patches the Qwen-VL classes when it builds a model; the original transformers
+methods are snapshotted here, at collection time (before any test builds an engine), so that tests
+can run independent plain-HF references and put the classes back afterwards.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,33 @@ from typing import Optional
 
 import pytest
 
-from tests.trainer.fakes import (
+from tests.wiring.vlm_batches import snapshot_qwen_methods
+from tests.wiring.fakes import (
     DEFAULT_SEQUENCES,
     FakeActorWorkerGroup,
+    FakeCheckpointManager,
+    FakeTokenizer,
     FakeTransferQueue,
+    RewardsAlreadyComputed,
     Sequence,
     TrainerRig,
-    FakeCheckpointManager,
-    RewardsAlreadyComputed,
-    FakeTokenizer,
     fill_fake_tq,
 )
+
+ORIGINAL_QWEN_METHODS = snapshot_qwen_methods()
+
+
+@pytest.fixture(scope="session")
+def original_qwen_methods():
+    for (cls, attribute), method in ORIGINAL_QWEN_METHODS.items():
+        assert method.__module__.startswith("transformers."), (
+            f"{cls.__name__}.{attribute} was already patched ({method.__module__}) when the engine tests were collected"
+        )
+    return ORIGINAL_QWEN_METHODS
+
+
+# --- trainer layer: verl's real V1 trainer classes on CPU; the fakes and why they exist: fakes.py
+
 
 
 @pytest.fixture(scope="session")

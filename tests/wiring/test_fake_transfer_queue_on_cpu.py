@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 
-from tests.trainer.fakes import FakeTransferQueue
+from tests.wiring.fakes import FakeTransferQueue
 
 SCENARIO = r'''
 import json, torch

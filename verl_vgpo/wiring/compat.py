@@ -1,0 +1,76 @@
+"""Workarounds for bugs of the verl / transformers versions this package supports, in one place.
+
+Each one names the versions it is for.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def fix_qwen2_vl_text_only_dummy() -> None:
+    """Make verl's patched Qwen2/2.5-VL forward work for micro-batches without any image or video.
+
+    verl 0.9.1 runs the vision tower on a dummy image when a micro-batch has no pixels (so that every
+    FSDP rank uses the same parameters) and adds ``0 * image_embeds.mean()``; with transformers >= 5
+    the vision tower returns an output object, and ``.mean()`` on it raises AttributeError. Text-only
+    micro-batches (text prompts, the trainer's balance-padding rows) then crash. This wraps verl's
+    helper: micro-batches with pixels go to it unchanged; text-only ones get the same zero-weighted
+    dummy through ``unpack_visual_output``.
+    """
+    try:
+        import verl.models.transformers.qwen2_vl as qwen2_vl
+    except ImportError:
+        return
+    original = getattr(qwen2_vl, "_get_input_embeds", None)
+    if original is None or getattr(original, "vgpo_text_only_fix", False):
+        return
+    from verl.utils.transformers_compat import unpack_visual_output
+
+    def get_input_embeds(model, input_ids, attention_mask=None, pixel_values=None, pixel_values_videos=None,
+                         image_grid_thw=None, video_grid_thw=None):
+        if pixel_values is not None or pixel_values_videos is not None:
+            return original(model, input_ids, attention_mask, pixel_values, pixel_values_videos,
+                            image_grid_thw, video_grid_thw)
+        inputs_embeds = model.get_input_embeddings()(input_ids)
+        vision = model.config.vision_config
+        # smallest valid grid: one temporal patch of 2x2 merge windows (4x4 patches)
+        grid = torch.tensor([[1, 2 * vision.spatial_merge_size, 2 * vision.spatial_merge_size]],
+                            dtype=torch.long, device=inputs_embeds.device)
+        patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        dummy_pixels = torch.zeros((int(grid.prod()), patch_dim), dtype=model.visual.dtype, device=inputs_embeds.device)
+        dummy_embeds, _ = unpack_visual_output(model.visual(dummy_pixels, grid_thw=grid))
+        inputs_embeds = inputs_embeds + 0.0 * dummy_embeds.mean().to(inputs_embeds.dtype)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(inputs_embeds.device)
+        return inputs_embeds, attention_mask
+
+    get_input_embeds.vgpo_text_only_fix = True
+    qwen2_vl._get_input_embeds = get_input_embeds
+
+
+def install_legacy_trainer_guard() -> None:
+    """Make verl's legacy ``RayPPOTrainer`` refuse adv_estimator=vgpo at construction (idempotent).
+
+    ``main_ppo`` with ``trainer.use_v1=false`` builds ``RayPPOTrainer`` in its TaskRunner before any
+    worker starts; without this guard the run would fail only at the first advantage computation.
+    """
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+    from verl_vgpo.config import VGPOConfigError
+    from verl_vgpo.wiring.trainer import LEGACY_TRAINER_MESSAGE, uses_vgpo
+
+    original_init = RayPPOTrainer.__init__
+    if getattr(original_init, "_vgpo_legacy_guard", False):
+        return
+
+    @functools.wraps(original_init)
+    def init_refusing_vgpo(self, config, *args, **kwargs):
+        if uses_vgpo(config):
+            raise VGPOConfigError(LEGACY_TRAINER_MESSAGE)
+        original_init(self, config, *args, **kwargs)
+
+    init_refusing_vgpo._vgpo_legacy_guard = True  # type: ignore[attr-defined]
+    RayPPOTrainer.__init__ = init_refusing_vgpo
