@@ -25,5 +25,12 @@ setup(
     entry_points={
         # `import verl` imports every entry point of this group in every process (Ray workers included).
         "verl.plugins": ["vgpo = verl_vgpo.plugin"],
+        "console_scripts": [
+            "vgpo-demo = verl_vgpo.apps.demo:main",
+            "vgpo-tiny-vlm = verl_vgpo.cpu.tiny_vlm:main",
+            "vgpo-evaluate = verl_vgpo.apps.evaluate:main",
+            "vgpo-analyze = verl_vgpo.apps.analyze:main",
+            "vgpo-experiment = verl_vgpo.apps.experiment:main",
+        ],
     },
 )
