@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import verl  # noqa: F401  (loads the verl.plugins entry point)
+from verl_vgpo.cpu import generation
 from verl_vgpo.cpu import rollout as hf_cpu
 
 EASY_VQA_IMAGE_ID = 0
@@ -86,7 +87,7 @@ def test_generate_image_prompt_matches_a_plain_forward(server):
     assert output.extra_fields["global_steps"] is None  # no weight sync yet
 
     # the returned log-probs are the model's own next-token log-probs for the sampled tokens
-    inputs = hf_cpu.build_generation_inputs(prompt_ids + output.token_ids, images, server.processor, server.hf_config)
+    inputs = generation.inputs_from_ids(prompt_ids + output.token_ids, images, server.processor, server.hf_config)
     with torch.no_grad():
         logits = server.model(**inputs).logits[0].float()
     start = len(prompt_ids) - 1
@@ -137,14 +138,14 @@ def test_weight_update_refuses_mismatched_names_and_shapes(server):
 
 def test_generation_inputs_refuse_inconsistent_images(server):
     prompt_ids, images = _image_prompt(server)
-    with pytest.raises(hf_cpu.HFCpuRolloutError, match="image pad tokens but no image data"):
-        hf_cpu.build_generation_inputs(prompt_ids, None, server.processor, server.hf_config)
+    with pytest.raises(generation.GenerationError, match="image pad tokens but no image data"):
+        generation.inputs_from_ids(prompt_ids, None, server.processor, server.hf_config)
     pad = server.hf_config.image_token_id
-    with pytest.raises(hf_cpu.HFCpuRolloutError, match="need"):
-        hf_cpu.build_generation_inputs([pad] + prompt_ids, images, server.processor, server.hf_config)
+    with pytest.raises(generation.GenerationError, match="need"):
+        generation.inputs_from_ids([pad] + prompt_ids, images, server.processor, server.hf_config)
     text_config = OmegaConf.create({"model_type": "qwen2"})
-    with pytest.raises(hf_cpu.HFCpuRolloutError, match="no image_token_id"):
-        hf_cpu.build_generation_inputs([1, 2, 3], images, server.processor, text_config)
+    with pytest.raises(generation.GenerationError, match="no image_token_id"):
+        generation.inputs_from_ids([1, 2, 3], images, server.processor, text_config)
 
 
 def test_prompt_longer_than_the_model_budget_is_refused(server):
@@ -179,3 +180,21 @@ def test_generate_runs_on_original_forwards_after_verl_patches_the_class(tiny_vl
     finally:
         for cls, forward in saved.items():
             cls.forward = forward
+
+
+def test_one_special_token_rule_for_rollout_and_evaluation(tiny_vlm, server):
+    """The rollout and vgpo-evaluate suppress the same tokens: the special ones, end-of-sequence excepted."""
+    from transformers import AddedToken, AutoTokenizer
+
+    from verl_vgpo.apps.evaluate import HFGenerator
+
+    evaluator = HFGenerator(tiny_vlm, max_new_tokens=4, batch_size=1, seed=0, device="cpu")
+    assert evaluator.suppressed_token_ids == server.suppress_ids
+    tokenizer = AutoTokenizer.from_pretrained(tiny_vlm)
+    tokenizer.add_tokens([AddedToken("<think>", special=False), AddedToken("<|marker|>", special=True)])
+    think, marker = tokenizer.convert_tokens_to_ids(["<think>", "<|marker|>"])
+    suppressed = generation.suppressed_token_ids(tokenizer, [tokenizer.eos_token_id])
+    assert marker in suppressed and think not in suppressed  # decode(skip_special_tokens=True) hides the same set
+    assert tokenizer.eos_token_id not in suppressed
+    image_pad = server.hf_config.image_token_id
+    assert image_pad in suppressed and image_pad in server.suppress_ids

@@ -125,66 +125,43 @@ Generator = Callable[[Sequence[Example], Protocol], list[list[str]]]
 
 
 class HFGenerator:
-    """Batched ``generate`` with a Hugging Face VLM (CPU or one GPU)."""
+    """Batched ``generate`` with a Hugging Face VLM (CPU or one GPU), through the same helpers as the
+    hf_cpu rollout (:mod:`verl_vgpo.cpu.generation`): prompts, special-token rule, sampling settings."""
 
     def __init__(self, model_path: str, max_new_tokens: int, batch_size: int, seed: int, device: str | None = None):
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from verl_vgpo.cpu import generation
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.processor = AutoProcessor.from_pretrained(model_path)
-        self.processor.tokenizer.padding_side = "left"  # generation continues from the right end
-        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        self.loaded = generation.load_model(model_path, device=device)
+        if self.loaded.processor is None:
+            raise ValueError(f"{model_path} has no image processor: vgpo-evaluate scores vision-language models")
+        self.processor, self.model = self.loaded.processor, self.loaded.model
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.seed = seed
-        tokenizer = self.processor.tokenizer
-        eos_ids = {tokenizer.eos_token_id, *_as_list(self.model.generation_config.eos_token_id)}
-        special_ids = set(tokenizer.all_special_ids) | {
-            token_id for token_id in tokenizer.added_tokens_decoder if tokenizer.added_tokens_decoder[token_id].special
-        }
-        self.suppressed_token_ids = sorted(special_ids - eos_ids - {None})
+        self.suppressed_token_ids = self.loaded.suppress_ids
 
     def __call__(self, examples: Sequence[Example], protocol: Protocol) -> list[list[str]]:
-        import torch
+        from verl_vgpo.cpu import generation
 
-        torch.manual_seed(self.seed)
-        tokenizer = self.processor.tokenizer
+        loaded, tokenizer = self.loaded, self.processor.tokenizer
         responses: list[list[str]] = []
         for start in range(0, len(examples), self.batch_size):
             batch = examples[start : start + self.batch_size]
-            texts = [
-                self.processor.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=False)
-                for example in batch
-            ]
-            images = [image for example in batch for image in example.images] or None
-            inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
-            if "mm_token_type_ids" not in inputs:
-                raise RuntimeError(
-                    "the processor returned no mm_token_type_ids: without them the model computes wrong "
-                    "multimodal positions; use a transformers version whose Qwen-VL processor returns them"
-                )
-            inputs = inputs.to(self.device)
-            # explicit, so the checkpoint's generation_config (e.g. a repetition penalty) cannot change the
-            # protocol: the same settings as verl's rollout and as the vLLM backend here
-            sampling = (
-                {"do_sample": True, "temperature": protocol.temperature, "top_p": 1.0, "top_k": 0}
-                if protocol.temperature > 0
-                else {"do_sample": False}
+            inputs = generation.chat_inputs(
+                self.processor, [example.messages for example in batch], [example.images for example in batch]
             )
-            sampling["repetition_penalty"] = 1.0
-            with torch.no_grad():
-                output = self.model.generate(
-                    **inputs,
-                    max_new_tokens=self.max_new_tokens,
-                    num_return_sequences=protocol.num_samples,
-                    suppress_tokens=self.suppressed_token_ids,
-                    pad_token_id=tokenizer.pad_token_id,
-                    **sampling,
-                )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            result = generation.generate(
+                loaded.model,
+                inputs,
+                max_new_tokens=self.max_new_tokens,
+                eos_token_ids=loaded.eos_token_ids,
+                pad_token_id=loaded.pad_token_id,
+                suppress_ids=loaded.suppress_ids,
+                temperature=protocol.temperature,
+                num_return_sequences=protocol.num_samples,
+                seed=self.seed if start == 0 else None,
+            )
+            decoded = tokenizer.batch_decode(result.tokens, skip_special_tokens=True)
             for offset in range(len(batch)):
                 first = offset * protocol.num_samples
                 responses.append(decoded[first : first + protocol.num_samples])
@@ -259,12 +236,6 @@ class VLLMGenerator:
             requests.append(request)
         outputs = self.llm.generate(requests, params)
         return [[completion.text for completion in output.outputs] for output in outputs]
-
-
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def vllm_usable() -> bool:

@@ -14,7 +14,9 @@ machine. This module plugs a small HF-transformers server into the same two regi
   worker): receives the actor's CURRENT weights from ``ActorRolloutRefWorker.update_weights`` (the
   ``naive`` checkpoint engine path verl uses for vLLM every step) and ships them to the server.
 
-Only what verl cannot do on CPU is new here; every other part of the step is verl's own code.
+Only what verl cannot do on CPU is new here; every other part of the step is verl's own code. The
+generation itself (inputs, special-token rule, the ``generate`` call) is :mod:`verl_vgpo.cpu.generation`,
+shared with ``vgpo-evaluate`` and ``vgpo-analyze``; this module is the Ray / verl side only.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import logging
 import os
 import sys
 import time
-from contextlib import contextmanager
 from typing import Any, Generator, Optional
 
 ROLLOUT_NAME = "hf_cpu"
@@ -50,90 +51,16 @@ import torch  # noqa: E402
 
 from verl.workers.rollout.base import BaseRollout  # noqa: E402
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput  # noqa: E402
+from verl_vgpo.cpu import generation  # noqa: E402
+from verl_vgpo.cpu.generation import GenerationError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 SERVER_NAME_PREFIX = f"{ROLLOUT_NAME}_"
 
-# Module prefixes of verl's class-level forward patches (verl.models.transformers.monkey_patch). The
-# patched Qwen-VL forwards expect verl's packed inputs (4-row position ids) and break HF ``generate``.
-_VERL_PATCH_MODULE_PREFIX = "verl."
 
-
-class HFCpuRolloutError(RuntimeError):
+class HFCpuRolloutError(GenerationError):
     """A request or configuration the hf_cpu rollout cannot serve (raised with the reason)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Keeping HF generate on the original forwards
-# --------------------------------------------------------------------------------------------------
-
-# (class, attribute) -> original function, captured before verl patches anything in this process
-_ORIGINAL_FORWARDS: dict[tuple[type, str], Any] = {}
-
-
-def _model_classes(model: torch.nn.Module) -> list[type]:
-    classes = {type(module) for module in model.modules()}
-    return [cls for cls in classes if cls.__module__.startswith("transformers.")]
-
-
-def capture_original_forwards(model: torch.nn.Module) -> None:
-    """Remember the unpatched ``forward`` of every transformers class in ``model`` (idempotent)."""
-    for cls in _model_classes(model):
-        for owner in cls.__mro__:
-            forward = owner.__dict__.get("forward")
-            if forward is None or (owner, "forward") in _ORIGINAL_FORWARDS:
-                continue
-            if getattr(forward, "__module__", "").startswith(_VERL_PATCH_MODULE_PREFIX):
-                continue  # already patched: never record a patch as "original"
-            _ORIGINAL_FORWARDS[(owner, "forward")] = forward
-
-
-@contextmanager
-def original_hf_forwards(model: torch.nn.Module):
-    """Run HF ``generate`` on the unpatched forwards, then put verl's patches back.
-
-    verl patches ``Qwen2_5_VLModel.forward`` and friends at class level when its engine builds a model;
-    in a process that both trains and generates, HF ``generate`` would call the patched forward. The
-    server actor normally never applies the patch (it is a separate process), so this is usually a no-op;
-    it raises if a patched forward is found whose original was never captured.
-    """
-    swapped: list[tuple[type, Any]] = []
-    try:
-        for cls in _model_classes(model):
-            for owner in cls.__mro__:
-                forward = owner.__dict__.get("forward")
-                if forward is None or not getattr(forward, "__module__", "").startswith(_VERL_PATCH_MODULE_PREFIX):
-                    continue
-                original = _ORIGINAL_FORWARDS.get((owner, "forward"))
-                if original is None:
-                    raise HFCpuRolloutError(
-                        f"{owner.__name__}.forward is patched by verl ({forward.__module__}) and its original was "
-                        "not captured before the patch; HF generate cannot run on the patched forward"
-                    )
-                swapped.append((owner, forward))
-                owner.forward = original
-        yield
-    finally:
-        for owner, patched in swapped:
-            owner.forward = patched
-
-
-# --------------------------------------------------------------------------------------------------
-# Generation (pure HF; no Ray) -- also used directly by tests
-# --------------------------------------------------------------------------------------------------
-
-
-def suppressed_token_ids(tokenizer, eos_token_ids: list[int]) -> list[int]:
-    """Special / added tokens a sampled response must never contain (image and video pads, vision
-    markers, chat markers), except the end-of-sequence tokens that stop generation.
-
-    A randomly initialised model samples them as freely as any other token; an <|image_pad|> in a
-    response breaks the M-RoPE index of the next forward (pad count no longer matches image_grid_thw).
-    """
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    special.update(int(token_id) for token_id in getattr(tokenizer, "added_tokens_decoder", {}) or {})
-    return sorted(token_id for token_id in special if token_id not in set(eos_token_ids))
 
 
 def resolve_max_new_tokens(sampling_params: dict, prompt_len: int, rollout_config) -> int:
@@ -155,102 +82,6 @@ def resolve_max_new_tokens(sampling_params: dict, prompt_len: int, rollout_confi
             rollout_config.prompt_length + rollout_config.response_length - prompt_len,
         )
     return max(1, min(budget, room))
-
-
-def build_generation_inputs(prompt_ids: list[int], image_data, processor, model_config) -> dict[str, torch.Tensor]:
-    """Model inputs for one prompt: ids (image pads already expanded by verl's agent loop), pixels and
-    the multimodal token types that make HF compute the same M-RoPE positions as the trainer."""
-    input_ids = torch.tensor([prompt_ids], dtype=torch.long)
-    inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-    image_token_id = getattr(model_config, "image_token_id", None)
-    video_token_id = getattr(model_config, "video_token_id", None)
-    num_image_pads = int((input_ids == image_token_id).sum()) if image_token_id is not None else 0
-
-    if image_data:
-        if processor is None or getattr(processor, "image_processor", None) is None:
-            raise HFCpuRolloutError("the prompt has images but the model has no image processor")
-        if image_token_id is None:
-            raise HFCpuRolloutError(
-                f"the prompt has images but the model config ({type(model_config).__name__}) declares no "
-                "image_token_id: this is not a vision-language model"
-            )
-        pixels = processor.image_processor(images=list(image_data), return_tensors="pt")
-        merge = processor.image_processor.merge_size
-        expected_pads = int(pixels["image_grid_thw"].prod(dim=-1).sum()) // (merge * merge)
-        if expected_pads != num_image_pads:
-            raise HFCpuRolloutError(
-                f"prompt has {num_image_pads} image pad tokens but its {len(image_data)} image(s) need "
-                f"{expected_pads}; the prompt was not built with this model's processor"
-            )
-        inputs["pixel_values"] = pixels["pixel_values"]
-        inputs["image_grid_thw"] = pixels["image_grid_thw"]
-    elif num_image_pads:
-        raise HFCpuRolloutError(f"prompt has {num_image_pads} image pad tokens but no image data")
-
-    if image_token_id is not None:
-        token_types = torch.zeros_like(input_ids, dtype=torch.int32)
-        token_types[input_ids == image_token_id] = 1
-        if video_token_id is not None:
-            token_types[input_ids == video_token_id] = 2
-        inputs["mm_token_type_ids"] = token_types
-    return inputs
-
-
-@torch.no_grad()
-def hf_generate(
-    model,
-    inputs: dict[str, torch.Tensor],
-    *,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    eos_token_ids: list[int],
-    pad_token_id: int,
-    suppress_ids: list[int],
-    want_log_probs: bool,
-    generator_seed: Optional[int] = None,
-) -> tuple[list[int], Optional[list[float]], str]:
-    """Sample one response; returns (token ids without the prompt, per-token log-probs, stop reason).
-
-    Log-probs are those of the model's raw next-token distribution (like vLLM's default), not of the
-    temperature/top-p-processed one.
-    """
-    do_sample = temperature > 0
-    generation_kwargs = dict(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        eos_token_id=eos_token_ids,
-        pad_token_id=pad_token_id,
-        suppress_tokens=suppress_ids or None,
-        return_dict_in_generate=True,
-        output_logits=want_log_probs,
-    )
-    if do_sample:
-        generation_kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k if top_k and top_k > 0 else 0)
-    else:  # greedy: drop sampling knobs so HF does not warn about unused flags
-        generation_kwargs.update(temperature=None, top_p=None, top_k=None)
-    if generator_seed is not None:
-        torch.manual_seed(generator_seed)
-    with original_hf_forwards(model):
-        output = model.generate(**inputs, **generation_kwargs)
-    prompt_len = inputs["input_ids"].shape[1]
-    response = output.sequences[0, prompt_len:].tolist()
-
-    stop_reason = "length"
-    for position, token_id in enumerate(response):
-        if token_id in eos_token_ids:
-            response = response[: position + 1]
-            stop_reason = "completed"
-            break
-
-    log_probs = None
-    if want_log_probs:
-        log_probs = [
-            float(torch.log_softmax(step_logits[0].float(), dim=-1)[token_id])
-            for step_logits, token_id in zip(output.logits, response, strict=False)
-        ]
-    return response, log_probs, stop_reason
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,8 +109,6 @@ class HFCpuRolloutServer:
     """
 
     def __init__(self, config, model_config, replica_rank: int = 0, num_threads: Optional[int] = None):
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
-
         from verl.utils.config import omega_conf_to_dataclass
 
         self.config = omega_conf_to_dataclass(config)
@@ -291,32 +120,14 @@ class HFCpuRolloutServer:
         if num_threads is not None:  # the actor shares the cores with its training worker
             torch.set_num_threads(max(1, int(num_threads)))
 
-        path = _model_path(model_config)
-        hf_config = AutoConfig.from_pretrained(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        try:
-            self.processor = AutoProcessor.from_pretrained(path)
-        except (OSError, ValueError):
-            self.processor = None
-        if getattr(self.processor, "image_processor", None) is None:
-            self.processor = None
-        # vision-language checkpoints load with their vision tower; text-only ones as plain causal LMs
-        model_class = AutoModelForImageTextToText if hasattr(hf_config, "vision_config") else AutoModelForCausalLM
-        self.model = model_class.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
-        self.model.eval()
-        capture_original_forwards(self.model)
-        self.hf_config = hf_config
-
-        generation_eos = self.model.generation_config.eos_token_id
-        eos = generation_eos if isinstance(generation_eos, list) else [generation_eos]
-        if self.tokenizer.eos_token_id is not None:
-            eos.append(self.tokenizer.eos_token_id)
-        self.eos_token_ids = sorted({int(token_id) for token_id in eos if token_id is not None})
-        if not self.eos_token_ids:
-            raise HFCpuRolloutError(f"model at {path} declares no eos token; generation would never stop")
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
-        self.suppress_ids = suppressed_token_ids(self.tokenizer, self.eos_token_ids)
+        loaded = generation.load_model(_model_path(model_config), device="cpu", dtype=torch.float32)
+        self.model, self.tokenizer, self.processor = loaded.model, loaded.tokenizer, loaded.processor
+        self.hf_config = loaded.hf_config
+        self.eos_token_ids, self.pad_token_id, self.suppress_ids = (
+            loaded.eos_token_ids,
+            loaded.pad_token_id,
+            loaded.suppress_ids,
+        )
 
     # ---- generation ------------------------------------------------------------------------------
 
@@ -339,24 +150,26 @@ class HFCpuRolloutServer:
         prompt_ids = [int(token_id) for token_id in prompt_ids]
         params = dict(sampling_params)
         max_new_tokens = resolve_max_new_tokens(params, len(prompt_ids), self.config)
-        inputs = build_generation_inputs(prompt_ids, image_data, self.processor, self.hf_config)
+        inputs = generation.inputs_from_ids(prompt_ids, image_data, self.processor, self.hf_config)
         seed = (self.config.seed + self.replica_rank) if self.config.full_determinism else None
 
         async with self._lock:
-            response, log_probs, stop_reason = await asyncio.to_thread(
-                hf_generate,
+            result = await asyncio.to_thread(
+                generation.generate,
                 self.model,
                 inputs,
                 max_new_tokens=max_new_tokens,
-                temperature=float(params.get("temperature", 1.0)),
-                top_p=float(params.get("top_p", 1.0)),
-                top_k=int(params.get("top_k", -1)),
                 eos_token_ids=self.eos_token_ids,
                 pad_token_id=self.pad_token_id,
                 suppress_ids=self.suppress_ids,
+                temperature=float(params.get("temperature", 1.0)),
+                top_p=float(params.get("top_p", 1.0)),
+                top_k=int(params.get("top_k", -1)),
                 want_log_probs=bool(params.get("logprobs", False)),
-                generator_seed=seed,
+                seed=seed,
             )
+        response, stop_reason = result.tokens[0], result.stop_reasons[0]
+        log_probs = result.log_probs[0] if result.log_probs is not None else None
         return TokenOutput(
             token_ids=response,
             log_probs=log_probs,
