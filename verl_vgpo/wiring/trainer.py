@@ -4,9 +4,9 @@ verl's V1 trainers (``verl.trainer.ppo.v1``: sync, colocate_async, separate_asyn
 in the trainer process from a fixed list of TransferQueue (TQ) fields and call a custom estimator with
 rewards, mask, uid and config only. VGPO also needs the visual focus scores that the actor engine
 captures during the old-log-prob forward. This module closes that gap with one mixin over two trainer
-methods, installed for all three modes into ``TRAINER_REGISTRY`` by :func:`register_trainers` (run at
-plugin load; if verl's trainer package is not imported yet, right after its import, so processes that
-never build a trainer do not import it):
+methods, installed for all three modes into ``TRAINER_REGISTRY`` by :func:`register_trainers` at plugin
+load. (Importing verl's V1 trainer package here costs ~0.16 s in a process that already imported
+``verl.workers.engine_workers`` like every Ray worker does, so it is imported eagerly.)
 
 * ``_compute_old_log_prob``: asks the workers for focus scores (``CAPTURE_FOCUS_FLAG`` and the visual
   token kinds in ``batch.extra_info``) for that pass only; the engine writes ``FOCUS_OUTPUT_KEY`` to TQ
@@ -33,18 +33,18 @@ worker bridge returning engine metrics in ``output.extra_info["metrics"]``.
 
 from __future__ import annotations
 
-import importlib
-import importlib.abc
-import importlib.util
 import logging
 import os
-import sys
 import time
-import types
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from omegaconf import OmegaConf
+from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.v1 import trainer_base
+from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
+from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_vgpo.wiring import compat
 from verl_vgpo.wiring.estimator import ESTIMATOR_NAME, focus_scores_for_advantage
@@ -57,9 +57,6 @@ from verl_vgpo.wiring.keys import (
     FOCUS_VISUAL_TOKENS_KEY,
     METRIC_PREFIX,
 )
-
-if TYPE_CHECKING:
-    from transfer_queue import KVBatchMeta
 
 logger = logging.getLogger("verl_vgpo")
 
@@ -402,149 +399,44 @@ class VGPOTrainerMixin:
 # the per-mode classes and their installation
 # --------------------------------------------------------------------------------------------------
 
-# mode -> (verl module, verl class, VGPO class name, docstring). The classes are built on first use:
-# importing verl's trainer modules takes seconds, and most processes that import verl (Ray workers)
-# never build a trainer.
-_MODES = {
-    "sync": (
-        "verl.trainer.ppo.v1.trainer_sync",
-        "PPOTrainerSync",
-        "PPOTrainerSyncWithVGPO",
-        "verl's synchronous V1 trainer (trainer.v1.trainer_mode=sync) with VGPO's focus hand-over.",
-    ),
-    "colocate_async": (
-        "verl.trainer.ppo.v1.trainer_colocate_async",
-        "PPOTrainerColocateAsync",
-        "PPOTrainerColocateAsyncWithVGPO",
-        "verl's colocated asynchronous V1 trainer (colocate_async) with VGPO's focus hand-over.",
-    ),
-    "separate_async": (
-        "verl.trainer.ppo.v1.trainer_separate_async",
-        "PPOTrainerSeparateAsync",
-        "PPOTrainerSeparateAsyncWithVGPO",
-        "verl's separated asynchronous V1 trainer (separate_async) with VGPO's focus hand-over.",
-    ),
+
+class PPOTrainerSyncWithVGPO(VGPOTrainerMixin, PPOTrainerSync):
+    """verl's synchronous V1 trainer (trainer.v1.trainer_mode=sync) with VGPO's focus hand-over."""
+
+
+class PPOTrainerColocateAsyncWithVGPO(VGPOTrainerMixin, PPOTrainerColocateAsync):
+    """verl's colocated asynchronous V1 trainer (colocate_async) with VGPO's focus hand-over."""
+
+
+class PPOTrainerSeparateAsyncWithVGPO(VGPOTrainerMixin, PPOTrainerSeparateAsync):
+    """verl's separated asynchronous V1 trainer (separate_async) with VGPO's focus hand-over."""
+
+
+# mode -> VGPO class; the mixin comes first in the bases so it wraps the mode's own overrides, and the
+# second base is the verl class it stands in for
+VGPO_TRAINERS: dict[str, type] = {
+    "sync": PPOTrainerSyncWithVGPO,
+    "colocate_async": PPOTrainerColocateAsyncWithVGPO,
+    "separate_async": PPOTrainerSeparateAsyncWithVGPO,
 }
-_CLASS_NAMES = {spec[2]: mode for mode, spec in _MODES.items()}
-_built_trainers: dict[str, type] = {}
-
-
-def vgpo_trainer_classes() -> dict[str, type]:
-    """mode -> the VGPO subclass of verl's trainer for that mode (mixin first, so it wraps the mode's
-    own overrides). ``verl_trainer_cls`` on each class names the verl class it stands in for."""
-    if not _built_trainers:
-        for mode, (module_name, verl_name, name, doc) in _MODES.items():
-            verl_cls = getattr(importlib.import_module(module_name), verl_name)
-            namespace = {"__module__": __name__, "__qualname__": name, "__doc__": doc, "verl_trainer_cls": verl_cls}
-            _built_trainers[mode] = types.new_class(
-                name, (VGPOTrainerMixin, verl_cls), exec_body=lambda ns, values=namespace: ns.update(values)
-            )
-    return dict(_built_trainers)
-
-
-def __getattr__(name: str) -> Any:
-    """``PPOTrainerSyncWithVGPO`` & co. and ``VGPO_TRAINERS`` as module attributes, built on first access."""
-    if name in _CLASS_NAMES:
-        return vgpo_trainer_classes()[_CLASS_NAMES[name]]
-    if name == "VGPO_TRAINERS":
-        return vgpo_trainer_classes()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _is_vgpo_trainer_for(cls: Any, mode: str) -> bool:
-    """True for this module's class of ``mode``, also one from an earlier (reloaded) copy of the module."""
-    return isinstance(cls, type) and cls.__module__ == __name__ and cls.__qualname__ == _MODES[mode][2]
-
-
-V1_TRAINER_PACKAGE = "verl.trainer.ppo.v1"
-LEGACY_TRAINER_MODULE = "verl.trainer.ppo.ray_trainer"
 
 
 def register_trainers() -> None:
-    """Plugin-load entry: VGPO trainers into TRAINER_REGISTRY, guard on the legacy trainer (idempotent).
+    """Plugin-load entry: VGPO trainers into verl's TRAINER_REGISTRY, guard on the legacy trainer.
 
-    Each part runs now if verl's module is already imported, else right after verl imports it (a
-    one-shot import hook), so a process that never touches verl's trainers does not pay for them.
+    Idempotent. ``register_trainer`` refuses to re-register a name, so the classes are assigned into
+    the dict. A registry entry that is neither verl's class nor ours means another plugin replaced it;
+    wrapping that silently could drop its behaviour, so this refuses with an error naming both classes.
     """
-    _when_imported(LEGACY_TRAINER_MODULE, compat.install_legacy_trainer_guard)
-    _when_imported(V1_TRAINER_PACKAGE, install_trainers)
-
-
-def install_trainers() -> None:
-    """Assign the VGPO classes into verl's TRAINER_REGISTRY for every mode (idempotent).
-
-    ``register_trainer`` refuses to re-register a name, so the classes are assigned into the dict. A
-    registry entry that is neither verl's class nor ours means another plugin replaced it; wrapping
-    that silently could drop its behaviour, so this refuses with an error naming both classes.
-    """
-    from verl.trainer.ppo.v1 import trainer_base
-
+    compat.install_legacy_trainer_guard()
     registry = trainer_base.TRAINER_REGISTRY
-    for mode, vgpo_cls in vgpo_trainer_classes().items():
+    for mode, vgpo_cls in VGPO_TRAINERS.items():
+        verl_cls = vgpo_cls.__bases__[1]
         current = registry.get(mode)
-        if current is None or current is vgpo_cls.verl_trainer_cls or _is_vgpo_trainer_for(current, mode):
-            registry[mode] = vgpo_cls
-            continue
-        raise RuntimeError(
-            f"verl-vgpo: TRAINER_REGISTRY[{mode!r}] holds {current.__module__}.{current.__qualname__}, not verl's "
-            f"{vgpo_cls.verl_trainer_cls.__qualname__}; another plugin replaced it. VGPO's trainer layer wraps "
-            f"verl's class and will not override that one."
-        )
-
-
-def _when_imported(module_name: str, install: Callable[[], None]) -> None:
-    """Run ``install`` now if ``module_name`` is imported, else once right after its first import."""
-    if module_name in sys.modules:
-        install()
-        return
-    if any(getattr(finder, "vgpo_after_import_of", None) == module_name for finder in sys.meta_path):
-        return  # already waiting (plugin loaded twice, or this module reloaded)
-    sys.meta_path.insert(0, _AfterImportHook(module_name, install))
-
-
-class _AfterImportHook(importlib.abc.MetaPathFinder):
-    """One-shot import hook: lets the normal finders find ``module_name`` and calls ``install`` after
-    the module has executed. Errors of ``install`` are logged, not raised: they must not break verl
-    for runs that do not use VGPO (a vgpo run then stops at its first advantage with an explanation)."""
-
-    def __init__(self, module_name: str, install: Callable[[], None]):
-        self.vgpo_after_import_of = module_name
-        self._install = install
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != self.vgpo_after_import_of:
-            return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)  # one shot, and the lookup below must not come back here
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return spec
-        spec.loader = _InstallAfterExec(spec.loader, self._install)
-        return spec
-
-
-class _InstallAfterExec(importlib.abc.Loader):
-    """Wraps a module's loader: executes the module, hands the module back its own loader, installs."""
-
-    def __init__(self, loader, install: Callable[[], None]):
-        self._loader = loader
-        self._install = install
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        module.__loader__ = self._loader
-        module.__spec__.loader = self._loader
-        self._loader.exec_module(module)
-        try:
-            self._install()
-        except Exception:
-            logger.exception(
-                "verl-vgpo: installing its trainer layer after importing %s failed; "
-                "algorithm.adv_estimator=vgpo will not work in this process",
-                module.__name__,
+        if current is not None and current is not verl_cls and current is not vgpo_cls:
+            raise RuntimeError(
+                f"verl-vgpo: TRAINER_REGISTRY[{mode!r}] holds {current.__module__}.{current.__qualname__}, not "
+                f"verl's {verl_cls.__qualname__}; another plugin replaced it. VGPO's trainer layer wraps verl's "
+                f"class and will not override that one."
             )
-
-    def __getattr__(self, name):
-        return getattr(self._loader, name)
+        registry[mode] = vgpo_cls
