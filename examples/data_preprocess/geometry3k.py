@@ -1,7 +1,7 @@
 """Geometry3K (hub: hiyouga/geometry3k) -> verl RL parquet: train / validation / test.
 
 Source columns: ``images`` (list of images), ``problem`` (text with an ``<image>`` placeholder),
-``answer`` (final answer). Output layout: see ``vl_math_common``.
+``answer`` (final answer). Output layout: see ``verl_vgpo.data.vl_math``.
 
     python examples/data_preprocess/geometry3k.py --output_dir ~/data/geometry3k
     python examples/data_preprocess/geometry3k.py --local_dataset_path /path/to/clone/of/geometry3k
@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 
-# appended, not prepended: this folder also holds easy_vqa.py, which must not shadow the easy-vqa package
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.append(_HERE)
-
-from vl_math_common import (  # noqa: E402
+from verl_vgpo.data.vl_math import (
     as_image_list,
     base_argument_parser,
     convert_splits,
     make_row,
     require_field,
+    row_options,
 )
 
 HUB_NAME = "hiyouga/geometry3k"
@@ -32,7 +27,7 @@ SPLITS = ("train", "validation", "test")
 EXTRA_KEYS = ()
 
 
-def convert_row(example, index, split):
+def convert_row(example, index, split, options):
     return make_row(
         data_source=DATA_SOURCE,
         split=split,
@@ -42,13 +37,17 @@ def convert_row(example, index, split):
         images=as_image_list(require_field(example, ("images",))),
         image_root=None,
         extra={},
+        **options,
     )
 
 
 def main(argv=None):
     parser = base_argument_parser(__doc__.splitlines()[0], HUB_NAME, os.path.expanduser("~/data/geometry3k"), SPLITS)
     args = parser.parse_args(argv)
-    convert_splits(args, DATA_SOURCE, EXTRA_KEYS, lambda split: functools.partial(convert_row, split=split))
+    options = row_options(args)
+    convert_splits(
+        args, DATA_SOURCE, EXTRA_KEYS, lambda split: functools.partial(convert_row, split=split, options=options)
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Source columns: ``question``, ``answer`` (boxed, e.g. ``\\boxed{17}``: the box i
 truth), ``image`` (list of image paths relative to the folder the release's ``images.zip`` is extracted
 to: pass it as ``--image_root``; embedded images are accepted too), and ``category``, ``source``,
 ``qid``, ``PassRate_32BTrained``, ``PassRate_7BTrained`` (kept in extra_info as strings, so runs can
-select by difficulty later). Output layout: see ``vl_math_common``. The VGPO and PAPO authors train on
+select by difficulty later). Output layout: see ``verl_vgpo.data.vl_math``. The VGPO and PAPO authors train on
 PAPO's preprocessed copy with embedded images, ``--hub_name PAPOGalaxy/PAPO_ViRL39K_train`` (columns
 ``images``, ``problem``, ``answer`` are accepted as well; no --image_root needed).
 
@@ -17,19 +17,14 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 
-# appended, not prepended: this folder also holds easy_vqa.py, which must not shadow the easy-vqa package
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.append(_HERE)
-
-from vl_math_common import (  # noqa: E402
+from verl_vgpo.data.vl_math import (
     as_image_list,
     base_argument_parser,
     convert_splits,
     make_row,
     require_field,
+    row_options,
 )
 
 HUB_NAME = "TIGER-Lab/ViRL39K"
@@ -38,7 +33,7 @@ SPLITS = ("train",)
 EXTRA_KEYS = ("category", "source", "qid", "pass_rate_32b_trained", "pass_rate_7b_trained")
 
 
-def convert_row(example, index, split, image_root):
+def convert_row(example, index, split, image_root, options):
     return make_row(
         data_source=DATA_SOURCE,
         split=split,
@@ -54,6 +49,7 @@ def convert_row(example, index, split, image_root):
             "pass_rate_32b_trained": example.get("PassRate_32BTrained"),
             "pass_rate_7b_trained": example.get("PassRate_7BTrained"),
         },
+        **options,
     )
 
 
@@ -65,9 +61,13 @@ def main(argv=None):
         help="folder the release's images.zip was extracted to (image paths in the data are relative to it)",
     )
     args = parser.parse_args(argv)
+    options = row_options(args)
     image_root = os.path.expanduser(args.image_root) if args.image_root else None
     convert_splits(
-        args, DATA_SOURCE, EXTRA_KEYS, lambda split: functools.partial(convert_row, split=split, image_root=image_root)
+        args,
+        DATA_SOURCE,
+        EXTRA_KEYS,
+        lambda split: functools.partial(convert_row, split=split, image_root=image_root, options=options),
     )
 
 

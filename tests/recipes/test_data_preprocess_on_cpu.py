@@ -2,11 +2,14 @@
 
 Each sample mimics its hub dataset's columns (tiny PIL images, real-looking questions and answers),
 is written in the hub's layout (``data/<split>-*.parquet``) and converted through the converter's
-``--local_dataset_path`` option. The output is then read by verl's own ``RLHFDataset`` with the tiny
-Qwen2.5-VL processor, the way the trainer reads it.
+``--local_dataset_path`` option. The output is then read by verl's own ``RLHFDataset`` and its
+multimodal step (``qwen_vl_utils`` resizing, as verl's agent loop runs it) with a Qwen2.5-VL processor,
+the way the trainer reads it. The converter scripts are loaded from their files (no ``sys.path`` edit);
+their shared code is ``verl_vgpo.data.vl_math``.
 """
 
-import importlib
+import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -17,16 +20,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from verl_vgpo.data import vl_math
+
 REPO = Path(__file__).resolve().parents[2]
 PREPROCESS_DIR = REPO / "examples" / "data_preprocess"
 
 
 def _converter(name):
-    sys.path.insert(0, str(PREPROCESS_DIR))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(PREPROCESS_DIR))
+    """The converter script ``examples/data_preprocess/<name>.py`` as a module, loaded from its file."""
+    spec = importlib.util.spec_from_file_location(f"vgpo_converter_{name}", PREPROCESS_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _decoded(entry):
+    """An image entry of the output parquet ({"bytes": PNG, ...}) as a PIL image."""
+    return Image.open(io.BytesIO(entry["bytes"]))
 
 
 def _image(seed, size=(40, 30)):
@@ -45,19 +55,31 @@ def _read_output(path):
     return datasets.load_dataset("parquet", data_files=str(path))["train"]
 
 
-def _verl_rows(parquet_path, tiny_vlm_path, tmp_path):
-    """Load the parquet as the trainer does and render each prompt through the processor."""
+# Qwen2.5-VL-7B-Instruct's preprocessor_config.json bounds (min_pixels 3136, max_pixels 12845056); the tiny
+# test processor caps images at 64 x 64 pixels, which would hide the converters' bounds
+QWEN2_5_VL_PROCESSOR_PIXELS = {"shortest_edge": 3136, "longest_edge": 12845056}
+
+
+def _verl_rows(parquet_path, tiny_vlm_path, tmp_path, processor_pixels=None):
+    """Load the parquet as the trainer does and render each prompt through the processor.
+
+    Images go through ``RLHFDataset._process_multi_modal_info`` (``qwen_vl_utils.process_vision_info``: the
+    resize verl's agent loop applies before the processor), so the image-token count is the trainer's.
+    """
     from omegaconf import OmegaConf
     from transformers import AutoProcessor
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
     processor = AutoProcessor.from_pretrained(tiny_vlm_path)
+    if processor_pixels is not None:
+        processor.image_processor.size = dict(processor_pixels)
     config = OmegaConf.create(
         {
             "prompt_key": "prompt",
             "image_key": "images",
-            "max_prompt_length": 4096,
-            "filter_overlong_prompts": True,
+            "max_prompt_length": 8192,
+            # the trainer filters too (recipe: filter_overlong_prompts=true); skipped here, it only doubles the work
+            "filter_overlong_prompts": False,
             "cache_dir": str(tmp_path / "verl_cache"),
             "return_raw_chat": True,
         }
@@ -67,9 +89,10 @@ def _verl_rows(parquet_path, tiny_vlm_path, tmp_path):
     for index in range(len(dataset)):
         item = dataset[index]
         messages = item["raw_prompt"]
-        images = [part["image"] for part in messages[0]["content"] if part["type"] == "image"]
+        images, _, _ = RLHFDataset._process_multi_modal_info(messages, dataset.image_patch_size, config)
+        images = images or []
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=[text], images=images, return_tensors="pt")
+        inputs = processor(text=[text], images=images or None, return_tensors="pt")
         image_tokens = int((inputs["input_ids"] == processor.image_token_id).sum())
         rendered.append((item, len(images), image_tokens))
     return rendered
@@ -100,10 +123,12 @@ def test_geometry3k(tmp_path, tiny_vlm_path):
     assert first["prompt"][0]["role"] == "user"
     content = first["prompt"][0]["content"]
     assert content.startswith("<image>Find x.") and content.count("<image>") == 1
-    assert "<think>" in content and "\\boxed{}" in content
+    assert content.endswith("\n\n" + vl_math.VGPO_AUTHORS_INSTRUCTION)
     assert first["extra_info"]["split"] == "train" and first["extra_info"]["index"] == 0
-    assert isinstance(first["images"][0], Image.Image) and first["images"][0].size == (40, 30)
-    assert np.array_equal(np.asarray(first["images"][0]), np.asarray(_image(0)))
+    entry = first["images"][0]
+    assert (entry["min_pixels"], entry["max_pixels"]) == (262_144, 4_194_304)
+    assert _decoded(entry).size == (40, 30)
+    assert np.array_equal(np.asarray(_decoded(entry).convert("RGB")), np.asarray(_image(0)))
     assert train[1]["reward_model"]["ground_truth"] == "\\frac{25}{2}"
 
     rendered = _verl_rows(tmp_path / "out" / "test.parquet", tiny_vlm_path, tmp_path)
@@ -214,7 +239,7 @@ def test_virl39k_cli_with_relative_image_paths(tmp_path, tiny_vlm_path):
     assert out[1]["prompt"][0]["content"].count("<image>") == 2
     assert out[0]["extra_info"]["pass_rate_32b_trained"] == "0.25"
     assert out[0]["extra_info"]["pass_rate_7b_trained"] == ""
-    assert np.array_equal(np.asarray(out[1]["images"][1]), np.asarray(_image(7)))
+    assert np.array_equal(np.asarray(_decoded(out[1]["images"][1]).convert("RGB")), np.asarray(_image(7)))
     rendered = _verl_rows(out_dir / "train.parquet", tiny_vlm_path, tmp_path)
     assert [num_images for _, num_images, _ in rendered] == [1, 2]
 
@@ -226,7 +251,7 @@ def test_virl39k_cli_with_relative_image_paths(tmp_path, tiny_vlm_path):
 
 
 def test_bad_rows_fail_with_the_row_and_reason(tmp_path):
-    common = _converter("vl_math_common")
+    common = vl_math
     with pytest.raises(common.ConversionError, match="2 <image> placeholders but 1 images"):
         common.build_prompt("<image><image>two?", 1)
     rows = {"train": [{"images": [], "problem": "no picture", "answer": "1"}]}
@@ -253,12 +278,57 @@ def test_papo_preprocessed_layout_is_accepted(tmp_path):
         assert row["prompt"][0]["content"].startswith("<image>How many sides?")
 
 
-def test_importing_the_converters_leaves_the_easy_vqa_package_importable():
-    # examples/data_preprocess holds easy_vqa.py: a converter that put its folder in front of sys.path
-    # would make every later `import easy_vqa` load that script instead of the easy-vqa package
+def test_importing_the_converters_leaves_sys_path_alone():
+    before = list(sys.path)
     for name in ("virl39k", "mmk12", "geometry3k"):
         _converter(name)
-    sys.modules.pop("easy_vqa", None)
-    module = importlib.import_module("easy_vqa")
-    assert Path(module.__file__).resolve().parent.parent != PREPROCESS_DIR
-    assert hasattr(module, "get_train_questions")
+    assert sys.path == before
+
+
+def test_default_prompt_is_the_vgpo_authors_template_and_ours_is_an_option(tmp_path):
+    """The authors render ``{{ content | trim }}`` + blank line + their sentence (math_format_perception.jinja)."""
+    question = "  <image>Find the value of x.  "
+    (message,) = vl_math.build_prompt(question, 1)
+    assert message["content"] == (
+        "<image>Find the value of x.\n\nYou first think through the reasoning process as an internal monologue, "
+        "enclosed within <think> </think> tags. Then, provide your final answer enclosed within \\boxed{}."
+    )
+    (ours,) = vl_math.build_prompt(question, 1, instruction="verl_vgpo")
+    assert ours["content"].endswith("\n\n" + vl_math.VERL_VGPO_INSTRUCTION)
+    with pytest.raises(vl_math.ConversionError, match="unknown instruction"):
+        vl_math.build_prompt(question, 1, instruction="mine")
+    rows = {"test": [{"images": [_image(9)], "problem": "<image>How many sides?", "answer": "6"}]}
+    source = _write_hub_layout(tmp_path / "g", rows, GEOMETRY3K_FEATURES)
+    _converter("geometry3k").main(["--local_dataset_path", str(source), "--output_dir", str(tmp_path / "o"),
+                                   "--splits", "test", "--instruction", "verl_vgpo", "--processor_pixel_limits"])
+    (row,) = _read_output(tmp_path / "o" / "test.parquet")
+    assert row["prompt"][0]["content"] == "<image>How many sides?\n\n" + vl_math.VERL_VGPO_INSTRUCTION
+    assert (row["images"][0]["min_pixels"], row["images"][0]["max_pixels"]) == (None, None)
+    with pytest.raises(vl_math.ConversionError, match="min_pixels 9 is larger than max_pixels 4"):
+        _converter("geometry3k").main(["--local_dataset_path", str(source), "--output_dir", str(tmp_path / "o"),
+                                       "--min_pixels", "9", "--max_pixels", "4"])
+
+
+def test_verl_gives_small_and_large_images_the_papers_number_of_visual_tokens(tmp_path, tiny_vlm_path):
+    """verl's dataset + multimodal step honour the bounds the converters write into every image entry.
+
+    Qwen2.5-VL: one visual token per 28 x 28 pixels after resizing to multiples of 28 (14-pixel patches,
+    2 x 2 merge). A 64 x 64 diagram is upscaled to at least 262,144 pixels: ceil(64 * 8 / 28) = 19 -> 19 x 19 =
+    361 tokens (with the processor's own bounds it keeps 56 x 56: 4 tokens). A 3000 x 3000 image is cut down
+    to at most 4,194,304 pixels: floor(3000 / sqrt(9e6 / 4194304) / 28) = 73 -> 73 x 73 = 5,329 tokens (the
+    processor's bounds would keep round(3000 / 28) = 107 -> 11,449).
+    """
+    small, large = Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGB", (3000, 3000), (30, 30, 200))
+    rows = {"test": [{"images": [small], "problem": "<image>Small?", "answer": "1"},
+                     {"images": [large], "problem": "<image>Large?", "answer": "2"}]}
+    source = _write_hub_layout(tmp_path / "g", rows, GEOMETRY3K_FEATURES)
+    _converter("geometry3k").main(["--local_dataset_path", str(source), "--output_dir", str(tmp_path / "paper"),
+                                   "--splits", "test"])
+    rendered = _verl_rows(tmp_path / "paper" / "test.parquet", tiny_vlm_path, tmp_path, QWEN2_5_VL_PROCESSOR_PIXELS)
+    assert [tokens for _, _, tokens in rendered] == [361, 5329]
+    # the same small image without bounds in its entry: the processor's minimum applies (the large one is
+    # left out here only to keep the test fast)
+    _converter("geometry3k").main(["--local_dataset_path", str(source), "--output_dir", str(tmp_path / "processor"),
+                                   "--splits", "test", "--max_rows", "1", "--processor_pixel_limits"])
+    rendered = _verl_rows(tmp_path / "processor" / "test.parquet", tiny_vlm_path, tmp_path, QWEN2_5_VL_PROCESSOR_PIXELS)
+    assert [tokens for _, _, tokens in rendered] == [4]

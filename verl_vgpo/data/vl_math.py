@@ -1,18 +1,25 @@
 """Shared pieces of the multimodal-math converters (ViRL39K, MMK12, Geometry3K) -> verl RL parquet.
 
+Used by ``examples/data_preprocess/{virl39k,mmk12,geometry3k}.py`` (thin commands around this module) and by
+tests and apps that need rows in the same layout, so none of them imports a script by editing ``sys.path``.
+
 One output row (the layout verl's ``RLHFDataset`` reads, as in verl's own geo3k example)::
 
     data_source   short dataset name ("virl39k", "mmk12", "geometry3k"); the accuracy table and
                   reward routing key
     prompt        [{"role": "user", "content": "<image>...question...\n\n<answer-format instruction>"}]
                   with exactly one "<image>" placeholder per image, in order
-    images        list of images (stored with the Hugging Face Image feature: PNG bytes)
+    images        list of {"bytes": PNG, "path": None, "min_pixels": int | None, "max_pixels": int | None}
     ability       "math"
     reward_model  {"style": "rule", "ground_truth": final answer without \\boxed{}}
     extra_info    {"split", "index", "question", "answer", + per-dataset string fields}
 
-Images go through ``datasets``' Image feature so that verl (which reads parquet with ``datasets``)
-gets PIL images back, exactly like the hub datasets themselves.
+Why images are plain dicts and not the Hugging Face ``Image`` feature: verl 0.9.1 has no data-config key for
+image resolution. Its ``RLHFDataset`` turns an image dict into a chat part ``{"type": "image", **entry}`` and
+``qwen_vl_utils.fetch_image`` (called by verl's agent loop, and by ``verl.utils.dataset.vision_utils.process_image``)
+resizes each image into ``[min_pixels, max_pixels]`` read from that part. A decoded ``Image`` feature would
+arrive as a bare PIL image and lose both keys (the processor defaults then apply: 3,136 to 12,845,056 pixels for
+Qwen2.5-VL, so a small diagram gets only a few visual tokens).
 """
 
 from __future__ import annotations
@@ -23,11 +30,27 @@ import io
 import os
 from typing import Any, Callable, Iterable, Mapping
 
-# The answer-format instruction appended to every question (the reward reads the last \boxed{}).
-ANSWER_FORMAT_INSTRUCTION = (
+# The VGPO authors' answer-format instruction, verbatim: the text of their format prompt
+# examples/format_prompt/math_format_perception.jinja in github.com/wzb-bupt/VGPO (commit 63a9a8b, used by
+# train_vgpo_7B.sh as data.format_prompt). Their template renders "{{ content | trim }}", a blank line, then
+# this sentence; build_prompt produces the same text.
+VGPO_AUTHORS_INSTRUCTION = (
+    "You first think through the reasoning process as an internal monologue, enclosed within <think> </think> "
+    "tags. Then, provide your final answer enclosed within \\boxed{}."
+)
+# verl-vgpo's own wording (the default before the paper recipe followed the authors exactly)
+VERL_VGPO_INSTRUCTION = (
     "First think through the problem step by step inside <think> </think> tags, "
     "then give the final answer inside \\boxed{}."
 )
+INSTRUCTIONS = {"vgpo_authors": VGPO_AUTHORS_INSTRUCTION, "verl_vgpo": VERL_VGPO_INSTRUCTION}
+DEFAULT_INSTRUCTION = "vgpo_authors"
+
+# The VGPO authors' image resolution bounds (examples/configs/config.yaml of github.com/wzb-bupt/VGPO:
+# data.min_pixels 262144 = 512 x 512, data.max_pixels 4194304 = 2048 x 2048).
+PAPER_MIN_PIXELS = 262_144
+PAPER_MAX_PIXELS = 4_194_304
+
 IMAGE_PLACEHOLDER = "<image>"
 
 
@@ -35,19 +58,22 @@ class ConversionError(ValueError):
     """A source row cannot be converted; the message names the dataset, the row and the field."""
 
 
-def build_prompt(question: str, num_images: int) -> list[dict[str, str]]:
-    """The chat prompt for one question: image placeholders, the question, the answer format.
+def build_prompt(question: str, num_images: int, instruction: str = DEFAULT_INSTRUCTION) -> list[dict[str, str]]:
+    """The chat prompt for one question: image placeholders, the question, a blank line, the instruction.
 
     A question that already carries ``<image>`` placeholders keeps them where they are (their count
     must equal the number of images); otherwise the placeholders are put in front of the question.
+    ``instruction`` names one of :data:`INSTRUCTIONS` (default: the VGPO authors' wording).
     """
+    if instruction not in INSTRUCTIONS:
+        raise ConversionError(f"unknown instruction {instruction!r}: choose one of {sorted(INSTRUCTIONS)}")
     question = question.strip()
     present = question.count(IMAGE_PLACEHOLDER)
     if present == 0:
         question = IMAGE_PLACEHOLDER * num_images + question
     elif present != num_images:
         raise ConversionError(f"question has {present} {IMAGE_PLACEHOLDER} placeholders but {num_images} images")
-    return [{"role": "user", "content": f"{question}\n\n{ANSWER_FORMAT_INSTRUCTION}"}]
+    return [{"role": "user", "content": f"{question}\n\n{INSTRUCTIONS[instruction]}"}]
 
 
 def strip_boxed(answer: str) -> str:
@@ -66,8 +92,23 @@ def strip_boxed(answer: str) -> str:
     return answer
 
 
-def to_png_image(image: Any, image_root: str | None) -> dict[str, Any]:
-    """One source image (PIL image, {"bytes"/"path"} dict, or a path) as {"bytes": PNG, "path": None}."""
+def check_pixel_bounds(min_pixels: int | None, max_pixels: int | None) -> None:
+    """Both bounds positive when given, and min <= max (qwen_vl_utils asserts it only at training time)."""
+    for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ConversionError(f"{name} must be a positive integer or None, got {value!r}")
+    if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
+        raise ConversionError(f"min_pixels {min_pixels} is larger than max_pixels {max_pixels}")
+
+
+def to_png_image(
+    image: Any,
+    image_root: str | None,
+    min_pixels: int | None = PAPER_MIN_PIXELS,
+    max_pixels: int | None = PAPER_MAX_PIXELS,
+) -> dict[str, Any]:
+    """One source image (PIL image, {"bytes"/"path"} dict, or a path) as the image entry verl reads:
+    ``{"bytes": PNG, "path": None, "min_pixels": ..., "max_pixels": ...}`` (None: the processor's default)."""
     from PIL import Image
 
     if isinstance(image, Mapping):
@@ -93,7 +134,7 @@ def to_png_image(image: Any, image_root: str | None) -> dict[str, Any]:
         raise ConversionError(f"unsupported image value of type {type(image).__name__}")
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="PNG")
-    return {"bytes": buffer.getvalue(), "path": None}
+    return {"bytes": buffer.getvalue(), "path": None, "min_pixels": min_pixels, "max_pixels": max_pixels}
 
 
 def as_image_list(value: Any) -> list[Any]:
@@ -124,7 +165,12 @@ def make_row(
     images: list[Any],
     image_root: str | None,
     extra: Mapping[str, str],
+    instruction: str = DEFAULT_INSTRUCTION,
+    min_pixels: int | None = PAPER_MIN_PIXELS,
+    max_pixels: int | None = PAPER_MAX_PIXELS,
 ) -> dict[str, Any]:
+    """One output row (layout in the module docstring); defaults are the VGPO authors' prompt and resolution."""
+    check_pixel_bounds(min_pixels, max_pixels)
     if not isinstance(question, str) or not question.strip():
         raise ConversionError("empty question")
     if not isinstance(answer, str) or not strip_boxed(answer):
@@ -134,8 +180,8 @@ def make_row(
     ground_truth = strip_boxed(answer)
     return {
         "data_source": data_source,
-        "prompt": build_prompt(question, len(images)),
-        "images": [to_png_image(image, image_root) for image in images],
+        "prompt": build_prompt(question, len(images), instruction),
+        "images": [to_png_image(image, image_root, min_pixels, max_pixels) for image in images],
         "ability": "math",
         "reward_model": {"style": "rule", "ground_truth": ground_truth},
         "extra_info": {
@@ -149,7 +195,7 @@ def make_row(
 
 
 def output_features(extra_keys: Iterable[str]):
-    """The parquet schema (Hugging Face features): images as the Image feature, all else plain."""
+    """The parquet schema (Hugging Face features); images are plain dicts (see the module docstring)."""
     import datasets
 
     extra_info = {"split": datasets.Value("string"), "index": datasets.Value("int64")}
@@ -159,7 +205,14 @@ def output_features(extra_keys: Iterable[str]):
         {
             "data_source": datasets.Value("string"),
             "prompt": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
-            "images": datasets.List(datasets.Image()),
+            "images": datasets.List(
+                {
+                    "bytes": datasets.Value("binary"),
+                    "path": datasets.Value("string"),
+                    "min_pixels": datasets.Value("int64"),
+                    "max_pixels": datasets.Value("int64"),
+                }
+            ),
             "ability": datasets.Value("string"),
             "reward_model": {"style": datasets.Value("string"), "ground_truth": datasets.Value("string")},
             "extra_info": extra_info,
@@ -230,7 +283,40 @@ def base_argument_parser(
     parser.add_argument("--output_dir", default=default_output, help="where the parquet files are written")
     parser.add_argument("--max_rows", type=int, default=None, help="convert only the first N rows of each split")
     parser.add_argument("--splits", nargs="+", default=list(splits))
+    parser.add_argument(
+        "--instruction",
+        choices=sorted(INSTRUCTIONS),
+        default=DEFAULT_INSTRUCTION,
+        help="answer-format sentence after each question: the VGPO authors' exact wording (default) or verl-vgpo's",
+    )
+    parser.add_argument(
+        "--min_pixels",
+        type=int,
+        default=PAPER_MIN_PIXELS,
+        help="smaller images are upscaled to about this many pixels at training time (VGPO authors: 262144)",
+    )
+    parser.add_argument(
+        "--max_pixels",
+        type=int,
+        default=PAPER_MAX_PIXELS,
+        help="larger images are downscaled to at most this many pixels at training time (VGPO authors: 4194304)",
+    )
+    parser.add_argument(
+        "--processor_pixel_limits",
+        action="store_true",
+        help="write no pixel bounds: the model processor's defaults apply (e.g. 3136..12845056 for Qwen2.5-VL)",
+    )
     return parser
+
+
+def row_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The make_row keyword arguments chosen on the command line (instruction and pixel bounds)."""
+    if args.processor_pixel_limits:
+        min_pixels = max_pixels = None
+    else:
+        min_pixels, max_pixels = args.min_pixels, args.max_pixels
+    check_pixel_bounds(min_pixels, max_pixels)
+    return {"instruction": args.instruction, "min_pixels": min_pixels, "max_pixels": max_pixels}
 
 
 def convert_splits(args: argparse.Namespace, data_source: str, extra_keys: Iterable[str], row_fn_for_split) -> None:
