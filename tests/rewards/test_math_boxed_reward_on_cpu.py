@@ -135,3 +135,62 @@ def test_huge_boxed_expressions_are_compared_as_text_without_sympy(monkeypatch):
     assert len(huge) > math_boxed.MAX_SYMBOLIC_ANSWER_CHARS
     assert math_boxed.answers_match(huge, huge)
     assert not math_boxed.answers_match(huge, "3")
+
+
+# ---------------------------------------------------------------------------------------------------
+# strict mode: the VGPO authors' rule (the paper recipes' default)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _strict(response: str, truth) -> dict:
+    return compute_score(data_source="virl39k", solution_str=response, ground_truth=truth, mode="strict")
+
+
+@pytest.mark.parametrize(
+    "response, truth, strict_acc, lenient_acc",
+    [
+        # both modes: mathruler's own equivalences
+        ("<think>half</think> so \\boxed{0.5}", "\\frac{1}{2}", 1.0, 1.0),
+        ("\\boxed{60^{\\circ}}", "60", 1.0, 1.0),
+        ("\\boxed{\\text{B}}", "B", 1.0, 1.0),
+        ("first \\boxed{7}, corrected: \\boxed{8}", "8", 1.0, 1.0),
+        ("\\boxed{9}", "8", 0.0, 0.0),
+        ("no box: 8", "8", 0.0, 0.0),
+        # the authors remove spaces around < > / before extracting: "1 / 2" becomes "1/2"
+        ("\\boxed{1 / 2}", "1/2", 1.0, 1.0),
+        # what only the lenient mode accepts
+        ("\\boxed{(B) 12}", "B", 0.0, 1.0),  # option letter with its value
+        ("\\fbox{3}", "3", 0.0, 1.0),  # \fbox
+        ("\\boxed{60°}", "60^\\circ", 0.0, 1.0),  # unicode degree sign
+    ],
+)
+def test_strict_mode_is_the_authors_rule_and_differs_where_documented(response, truth, strict_acc, lenient_acc):
+    assert _strict(response, truth)["acc"] == strict_acc
+    assert _acc(response, truth) == lenient_acc
+
+
+def test_strict_mode_grades_exactly_mathrulers_boxed_content():
+    """Restated from the authors' compute_score_wo_format: normalise tags, extract, grade; nothing else."""
+    import re
+
+    from mathruler.grader import extract_boxed_content, grade_answer
+
+    responses = ["< think >x</ think > \\boxed{\\frac{3}{4}}", "\\boxed{0.75}", "\\boxed{3/4 }", "\\boxed{x}", "none"]
+    for response in responses:
+        expected = float(grade_answer(extract_boxed_content(re.sub(r"\s*(<|>|/)\s*", r"\1", response)), "\\frac{3}{4}"))
+        assert _strict(response, "\\frac{3}{4}")["acc"] == expected
+    assert [_strict(response, "\\frac{3}{4}")["acc"] for response in responses] == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_strict_mode_keys_format_rule_and_refusals():
+    result = _strict("< think >reasoning</think>The answer is \\boxed{4}.", "4")
+    assert set(result) == {"score", "acc", "format", "has_box"}  # "acc": the filter_groups metric
+    assert result == {"score": 1.0, "acc": 1.0, "format": 1.0, "has_box": 1.0}
+    assert _strict("\\boxed{4}", "4")["format"] == 0.0
+    mixed = compute_score("virl39k", "<think>a</think>\\boxed{5}", "4", mode="strict", format_weight=0.1)
+    assert mixed["score"] == pytest.approx(0.1) and mixed["acc"] == 0.0
+    assert _strict("no box", "4")["has_box"] == 0.0
+    with pytest.raises(TypeError, match="one reference string"):
+        _strict("\\boxed{4}", ["3", "4"])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        compute_score("virl39k", "\\boxed{4}", "4", mode="exact")

@@ -10,9 +10,20 @@ ground_truth=..., extra_info=...)`` with keyword arguments, plus whatever is lis
 ``reward.custom_reward_function.reward_kwargs``. A dict result becomes the score (``score``) and
 per-sample extra metrics (every other key), which is why every key is present for every sample.
 
-Equivalence of two answers is decided by ``mathruler`` (sympy-based, the grader EasyR1 uses), after
-two normalisations ``mathruler`` lacks: multiple-choice answers are compared by their option letter
-("(B) 12", "B." and "\\text{B}" all mean B), and the degree sign is written as ``^\\circ``.
+Two modes (``reward.custom_reward_function.reward_kwargs.mode``):
+
+* ``strict`` (the paper recipes' default): the VGPO authors' rule, nothing added. Their reward
+  (``examples/reward_function/math.py:compute_score_wo_format`` in github.com/wzb-bupt/VGPO, the one
+  ``train_vgpo_7B.sh`` uses) removes white space around ``<``, ``>`` and ``/`` in the response, takes
+  ``mathruler.grader.extract_boxed_content`` (the last ``\\boxed{...}``; ``"None"`` when there is none) and
+  scores ``mathruler.grader.grade_answer(boxed, ground_truth)``. The optional format term is their
+  ``format_reward`` regex (``<think>.*</think>.*\\boxed{.*}.*`` over the whole normalised response).
+* ``lenient`` (the function's default, kept for other data): the last ``\\boxed{}`` or ``\\fbox{}``;
+  multiple-choice answers are compared by their option letter ("(B) 12", "B." and "\\text{B}" all mean B);
+  the unicode degree sign and ``^{\\circ}`` are written as ``^\\circ`` and a final full stop is dropped;
+  several accepted references (a list) may be given, and references stored boxed are unboxed; boxed
+  answers over 300 characters are compared as text instead of by sympy (which has no time limit).
+  Everything else is ``mathruler``'s ``grade_answer`` (sympy-based, the grader EasyR1 uses).
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from mathruler.grader import grade_answer
+from mathruler.grader import extract_boxed_content, grade_answer
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
@@ -117,24 +128,58 @@ def _reference_answers(ground_truth: Any) -> list[str]:
     return [last_boxed_content(item) or item.strip() for item in references]
 
 
+# the VGPO authors' response clean-up ("handle qwen2.5vl-32b format") and format rule, restated
+_AUTHORS_TAG_SPACING = re.compile(r"\s*(<|>|/)\s*")
+_AUTHORS_FORMAT = re.compile(r"<think>.*</think>.*\\boxed\{.*\}.*", re.DOTALL)
+MODES = ("strict", "lenient")
+
+
+def strict_score_parts(solution_str: str, ground_truth: str) -> tuple[float, float, float]:
+    """(acc, format, has_box) by the VGPO authors' rule: boxed content graded by ``grade_answer`` only."""
+    if not isinstance(solution_str, str):
+        raise TypeError(f"expected the response as a string, got {type(solution_str).__name__}")
+    if not isinstance(ground_truth, str):
+        raise TypeError(
+            f"mode='strict' grades against one reference string (as the VGPO authors do), got "
+            f"{type(ground_truth).__name__}; use mode='lenient' for lists of references"
+        )
+    response = _AUTHORS_TAG_SPACING.sub(r"\1", solution_str)
+    boxed = extract_boxed_content(response)
+    accuracy = float(bool(grade_answer(boxed, ground_truth)))
+    format_score = float(_AUTHORS_FORMAT.fullmatch(response) is not None)
+    return accuracy, format_score, float(boxed != "None")
+
+
 def compute_score(
     data_source: str,
     solution_str: str,
     ground_truth: Any,
     extra_info: dict | None = None,
     format_weight: float = 0.0,
+    mode: str = "lenient",
     **_unused: Any,
 ) -> dict[str, float]:
     """verl custom reward: 1 for a correct boxed answer, 0 otherwise (optionally mixed with format).
 
-    ``score = (1 - format_weight) * acc + format_weight * format``; ``format_weight`` comes from
-    ``reward.custom_reward_function.reward_kwargs.format_weight`` (default 0: accuracy only).
+    ``score = (1 - format_weight) * acc + format_weight * format``; ``format_weight`` and ``mode``
+    (``strict``: the VGPO authors' rule; ``lenient``: ours, see the module docstring) come from
+    ``reward.custom_reward_function.reward_kwargs`` (defaults: accuracy only, lenient).
     ``data_source`` and ``extra_info`` are accepted because verl always passes them; the rule is the
     same for every source. Other keyword arguments verl may add (reward-router address, ...) are
     not used by a rule-based reward.
     """
     if not 0.0 <= float(format_weight) <= 1.0:
         raise ValueError(f"format_weight must lie in [0, 1], got {format_weight!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "strict":
+        accuracy, format_score, has_box = strict_score_parts(solution_str, ground_truth)
+        return {
+            "score": (1.0 - format_weight) * accuracy + format_weight * format_score,
+            "acc": accuracy,
+            "format": format_score,
+            "has_box": has_box,
+        }
     references = _reference_answers(ground_truth)
     predicted = last_boxed_content(solution_str)
     accuracy = float(predicted is not None and any(answers_match(predicted, ref) for ref in references))
