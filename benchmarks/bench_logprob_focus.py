@@ -41,7 +41,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from verl_vgpo.wiring.engine import FocusHook, find_final_norm, focus_hook  # noqa: E402
-from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY  # noqa: E402
+from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_SECONDS_KEY  # noqa: E402
 from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm  # noqa: E402
 
 VARIANTS_VERL = ("base", "focus")
@@ -219,15 +219,9 @@ class VerlRunner:
         if variant == "focus":
             if FOCUS_OUTPUT_KEY not in output.keys():
                 raise RuntimeError("the engine returned no focus field: is the verl-vgpo plugin loaded?")
-            seconds = sum(_flatten(output["metrics"].get("vgpo_focus_seconds", [])))
-            return output, seconds
+            return output, float(output[FOCUS_SECONDS_KEY].values().sum())
         return output, 0.0
 
-
-def _flatten(values):
-    if isinstance(values, (list, tuple)):
-        return [leaf for value in values for leaf in _flatten(value)]
-    return [values]
 
 
 def _single_process_group():

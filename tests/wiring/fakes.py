@@ -9,8 +9,8 @@ What is faked and why (everything else is verl's real code):
   test_fake_transfer_queue_on_cpu.py checks these behaviours against the real client.
 * The actor worker group: the real one is a set of Ray actors running the FSDP engine. ``FakeActorWorkerGroup``
   records the ``extra_info`` of every call and writes what the engine writes into TQ: full-sequence
-  ``log_probs`` / ``entropy`` and, when asked by the capture flag, the full-sequence focus field; its
-  return value carries the engine metrics (with the focus time) in ``extra_info`` as verl's bridge does.
+  ``log_probs`` / ``entropy`` and, when asked by the capture flag, the full-sequence focus field and the
+  per-row capture seconds (two fake micro-batches, each one's time split over its rows by token count).
 * Replay buffer sampling, reward loop and checkpoint manager: they drive rollout servers.
 """
 
@@ -26,7 +26,8 @@ import torch
 from tensordict import TensorDict
 from tensordict.tensorclass import NonTensorStack
 
-from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY
+from verl_vgpo.wiring.engine import seconds_per_row
+from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_SECONDS_KEY
 
 
 class FakeTransferQueue:
@@ -151,21 +152,19 @@ class FakeActorWorkerGroup:
                     values = values[n - response_len :]
                 focus.append(values)
             out[FOCUS_OUTPUT_KEY] = focus
+            # the engine's per-row seconds: rows split into len(focus_seconds_per_micro_batch) micro-batches
+            cu_seqlens = torch.tensor([0, *lengths]).cumsum(0)
+            bounds = np.linspace(0, len(lengths), len(self.focus_seconds_per_micro_batch) + 1).astype(int)
+            out[FOCUS_SECONDS_KEY] = [
+                row
+                for seconds, lo, hi in zip(self.focus_seconds_per_micro_batch, bounds[:-1], bounds[1:])
+                for row in seconds_per_row(seconds, cu_seqlens[lo : hi + 1] - cu_seqlens[lo]).unbind()
+            ]
         fields = TensorDict(
-            {
-                name: (torch.stack(v) if v[0].dim() == 0 else torch.nested.as_nested_tensor(v, layout=torch.jagged))
-                for name, v in out.items()
-            },
+            {name: torch.nested.as_nested_tensor(v, layout=torch.jagged) for name, v in out.items()},
             batch_size=len(batch),
         )
-        output = self.fake_tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
-        # what a real run returns (observed with main_ppo on CPU): extra_info["metrics"] is a list with
-        # one dict per data-parallel rank, each metric all-gathered into [per-rank [per-micro-batch]]
-        engine_metrics = {"loss": 1.0}
-        if batch.extra_info.get(CAPTURE_FOCUS_FLAG) and self.focus_mode != "none":
-            engine_metrics[FOCUS_TIME_KEY] = [list(self.focus_seconds_per_micro_batch)]
-        output.extra_info = {"metrics": [engine_metrics]}
-        return output
+        return self.fake_tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
 
     def update_actor(self, batch):
         self._record("update_actor", batch)

@@ -12,6 +12,7 @@ from verl_vgpo.wiring.engine import (
     find_final_norm,
     focus_on_sequence_shard,
     focus_of_padded,
+    seconds_per_row,
     visual_token_ids,
 )
 from verl_vgpo.focus import visual_focus_scores
@@ -219,3 +220,30 @@ def test_focus_hook_under_real_sequence_parallel_collectives():
         assert process.exitcode == 0
     for rank in range(2):
         torch.testing.assert_close(torch.tensor(results[rank]), expected, equal_nan=True, rtol=0, atol=1e-6)
+
+
+def test_seconds_per_row_splits_a_micro_batch_by_token_count():
+    shares = seconds_per_row(0.6, torch.tensor([0, 10, 30, 60]))
+    assert shares.is_nested and shares.offsets().tolist() == [0, 1, 2, 3] and shares.dtype == torch.float32
+    torch.testing.assert_close(shares.values(), torch.tensor([0.1, 0.2, 0.3]))
+
+
+def test_per_row_seconds_survive_verls_micro_batch_gathering_and_reordering():
+    # verl's own post-processing of forward_backward_batch: concatenates the micro-batches' model outputs
+    # and, under dynamic batch size, restores the original row order
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.engine.utils import postprocess_batch_func
+
+    from verl_vgpo.wiring.keys import FOCUS_SECONDS_KEY
+
+    # rows 2, 0 in the first micro-batch (4 and 2 tokens), row 1 in the second (6 tokens)
+    micro_batches = [(0.3, [2, 0], [4, 2]), (0.5, [1], [6])]
+    outputs = [
+        {"model_output": {FOCUS_SECONDS_KEY: seconds_per_row(s, torch.tensor([0, *lengths]).cumsum(0))}}
+        for s, _, lengths in micro_batches
+    ]
+    data = tu.get_tensordict({"input_ids": torch.zeros(3, 1)}, non_tensor_dict={"use_dynamic_bsz": True})
+    gathered = postprocess_batch_func(outputs, [rows for _, rows, _ in micro_batches], data)
+    per_row = gathered["model_output"][FOCUS_SECONDS_KEY]
+    torch.testing.assert_close(per_row.values(), torch.tensor([0.1, 0.5, 0.2]))
+    assert float(per_row.values().sum()) == pytest.approx(0.8)

@@ -3,7 +3,7 @@
 The trainer tests use ``FakeTransferQueue``; this test runs the same calls against the real
 TransferQueue (a local Ray instance in a subprocess, ~20 s) and compares: a requested field that no
 key has is dropped silently (why the trainer must check for the focus field itself), per-sample 1-D
-fields come back as jagged nested tensors (NaN intact), and ``kv_batch_put`` returns the stored tags
+fields (also the one-value-per-row focus seconds) come back as jagged nested tensors (NaN intact), and ``kv_batch_put`` returns the stored tags
 (where the trainer reads ``seq_len`` from).
 """
 
@@ -25,8 +25,12 @@ def scenario(tq):
     first = tq.kv_batch_put(keys=keys, partition_id="train", fields=TensorDict({"response_mask": mask}, batch_size=2), tags=tags)
     missing = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["vgpo_focus", "response_mask"])
     focus = torch.nested.as_nested_tensor([torch.full((7,), float("nan")), torch.arange(5.0)], layout=torch.jagged)
-    second = tq.kv_batch_put(keys=keys, partition_id="train", fields=TensorDict({"vgpo_focus": focus}, batch_size=2))
-    got = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["vgpo_focus", "response_mask"])
+    seconds = torch.nested.as_nested_tensor([torch.tensor([0.25]), torch.tensor([0.5])], layout=torch.jagged)
+    fields = TensorDict({"vgpo_focus": focus, "vgpo_focus_seconds": seconds}, batch_size=2)
+    second = tq.kv_batch_put(keys=keys, partition_id="train", fields=fields)
+    got = tq.kv_batch_get(
+        keys=keys, partition_id="train", select_fields=["vgpo_focus", "vgpo_focus_seconds", "response_mask"]
+    )
     return {
         "tags_after_put_with_tags": first.tags,
         "tags_after_put_without_tags": second.tags,
@@ -35,6 +39,8 @@ def scenario(tq):
         "focus_offsets": got["vgpo_focus"].offsets().tolist(),
         "focus_values": [None if v != v else v for v in got["vgpo_focus"].values().tolist()],
         "mask_offsets": got["response_mask"].offsets().tolist(),
+        "seconds_offsets": got["vgpo_focus_seconds"].offsets().tolist(),
+        "seconds_values": got["vgpo_focus_seconds"].values().tolist(),
     }
 '''
 

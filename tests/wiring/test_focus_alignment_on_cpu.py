@@ -92,28 +92,3 @@ def test_finite_values_are_copied_exactly():
     focus = jagged([torch.tensor(values, dtype=torch.float32)])
     mask = jagged([torch.ones(3, dtype=torch.int64)])
     assert response_aligned_focus(focus, mask)[0].tolist() == torch.tensor(values[2:], dtype=torch.float32).tolist()
-
-
-# ------------------------------------------------------------------------------------------------
-# the engine's focus time as verl's worker bridge returns it
-# ------------------------------------------------------------------------------------------------
-
-
-class _Output:
-    def __init__(self, extra_info):
-        self.extra_info = extra_info
-
-
-def test_engine_focus_seconds_in_each_form_verl_returns():
-    from verl_vgpo.wiring.keys import FOCUS_TIME_KEY
-    from verl_vgpo.wiring.trainer import _engine_focus_seconds
-
-    one_rank = {FOCUS_TIME_KEY: [[0.5, 0.25]], "loss": 1.0}  # [rank [micro-batch]]
-    two_ranks = {FOCUS_TIME_KEY: [[0.5, 0.25], [1.0]], "loss": 1.0}  # all-gathered: every rank holds both
-    assert _engine_focus_seconds([_Output({"metrics": one_rank})]) == 0.75
-    assert _engine_focus_seconds([_Output({"metrics": [one_rank]})]) == 0.75
-    assert _engine_focus_seconds([_Output({"metrics": [two_ranks, two_ranks]})]) == 1.75  # not counted twice
-    assert _engine_focus_seconds([_Output({"metrics": [{"loss": 1.0}]})]) is None  # engine without capture
-    assert _engine_focus_seconds([_Output({})]) is None
-    with pytest.raises(TypeError, match=FOCUS_TIME_KEY):
-        _engine_focus_seconds([_Output({"metrics": {FOCUS_TIME_KEY: ["soon"]}})])

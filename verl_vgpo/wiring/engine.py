@@ -14,7 +14,10 @@ while the forward runs, and the engine adds the result to its output dict beside
   (also under dynamic batch size) and writes it to TransferQueue under its own name. Unlike
   ``log_probs`` (position p holds the log-prob of token p+1), focus is NOT shifted: position p holds
   the focus of token p itself, so a response of length R is ``focus[end-R:end]``;
-* seconds spent on focus are reported as the metric ``FOCUS_TIME_KEY`` (one value per micro-batch);
+* seconds spent on focus go beside it as the per-row field ``FOCUS_SECONDS_KEY`` (each micro-batch's
+  time split over its rows in proportion to their token counts, so the trainer sums rows to get the
+  total over micro-batches and data-parallel ranks) and as the engine metric ``FOCUS_TIME_KEY`` (one
+  value per micro-batch);
 * which pad tokens form the prototype: the extra-info key ``VISUAL_TOKENS_KEY`` (a list drawn from
   ``("image", "video")``, i.e. ``algorithm.vgpo.visual_tokens``); absent means both. The token ids
   come from the model config (``image_token_id`` / ``video_token_id``).
@@ -46,7 +49,13 @@ from verl_vgpo.focus import (
     visual_focus_scores,
 )
 from verl_vgpo.wiring import compat
-from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY, FOCUS_VISUAL_TOKENS_KEY
+from verl_vgpo.wiring.keys import (
+    CAPTURE_FOCUS_FLAG,
+    FOCUS_OUTPUT_KEY,
+    FOCUS_SECONDS_KEY,
+    FOCUS_TIME_KEY,
+    FOCUS_VISUAL_TOKENS_KEY,
+)
 
 logger = logging.getLogger("verl_vgpo")
 
@@ -249,11 +258,30 @@ class FocusCaptureMixin:
         if focus.shape[0] != int(cu_seqlens[-1]):
             raise FocusCaptureError(f"focus has {focus.shape[0]} positions for {int(cu_seqlens[-1])} tokens")
         # stays on the model's device like log_probs (the worker bridge moves everything at the end)
-        output["model_output"][FOCUS_OUTPUT_KEY] = torch.nested.nested_tensor_from_jagged(
-            focus, cu_seqlens.to(focus.device)
-        )
-        output["metrics"][FOCUS_TIME_KEY] = hook.seconds + (time.perf_counter() - start)
+        cu_seqlens = cu_seqlens.to(focus.device)
+        output["model_output"][FOCUS_OUTPUT_KEY] = torch.nested.nested_tensor_from_jagged(focus, cu_seqlens)
+        seconds = hook.seconds + (time.perf_counter() - start)
+        output["model_output"][FOCUS_SECONDS_KEY] = seconds_per_row(seconds, cu_seqlens)
+        output["metrics"][FOCUS_TIME_KEY] = seconds
         return loss, output
+
+
+def seconds_per_row(seconds: float, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Split one micro-batch's capture time over its rows in proportion to their token counts.
+
+    Args:
+        seconds: capture time of the micro-batch.
+        cu_seqlens: (B + 1,) int64 offsets of the micro-batch's sequences.
+
+    Returns:
+        jagged nested (B, 1) float32, one value per row, summing to ``seconds``; a per-row field so that
+        verl's worker bridge gathers, reorders and stores it like ``log_probs``.
+    """
+    lengths = cu_seqlens.diff().to(torch.float64)
+    shares = (seconds * lengths / lengths.sum()).to(torch.float32)
+    return torch.nested.nested_tensor_from_jagged(
+        shares, torch.arange(shares.numel() + 1, device=shares.device, dtype=cu_seqlens.dtype)
+    )
 
 
 _FOCUS_CLASSES: dict[type, type] = {}
@@ -287,4 +315,5 @@ def register_engines() -> None:
     if not replaced:
         raise FocusCaptureError("no FSDP language-model engine is registered in verl; cannot install VGPO capture")
     compat.fix_qwen2_vl_text_only_dummy()
+    compat.fix_qwen3_5_packed_linear_attention_fallback()
     logger.debug("verl-vgpo: focus-capturing engines installed for %s", replaced)

@@ -9,8 +9,14 @@ CAPTURE_FOCUS_FLAG = "vgpo_capture_focus"
 # position over the full sequence (prompt + response), NaN for sequences without visual tokens
 FOCUS_OUTPUT_KEY = "vgpo_focus"
 
-# seconds the engine spent on focus capture for this batch (summed over micro-batches)
-FOCUS_TIME_KEY = "vgpo_focus_seconds"
+# output field of the engine beside FOCUS_OUTPUT_KEY: one float32 per sequence, the seconds of focus
+# capture apportioned to that sequence (a micro-batch's time split over its rows in proportion to their
+# token counts), so the sum over a batch's rows is the capture time summed over micro-batches and ranks
+FOCUS_SECONDS_KEY = "vgpo_focus_seconds"
+
+# engine metric (per micro-batch) with the same time, for engine-level diagnostics and benchmarks; the
+# trainer layer reads FOCUS_SECONDS_KEY instead (verl discards the old-log-prob pass's metrics)
+FOCUS_TIME_KEY = "vgpo_focus_micro_batch_seconds"
 
 
 # extra_info entry the trainer sets beside CAPTURE_FOCUS_FLAG: the visual token kinds (a list drawn from

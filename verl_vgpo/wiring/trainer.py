@@ -9,10 +9,10 @@ load. (Importing verl's V1 trainer package here costs ~0.16 s in a process that 
 ``verl.workers.engine_workers`` like every Ray worker does, so it is imported eagerly.)
 
 * ``_compute_old_log_prob``: asks the workers for focus scores (``CAPTURE_FOCUS_FLAG`` and the visual
-  token kinds in ``batch.extra_info``) for that pass only; the engine writes ``FOCUS_OUTPUT_KEY`` to TQ
-  and reports its capture time as the engine metric ``FOCUS_TIME_KEY``, which this layer reads from the
-  worker output (verl's method discards that output, so the worker group is wrapped for the pass).
-* ``_compute_advantage``: reads the focus field, aligns it to the response tokens and runs verl's own
+  token kinds in ``batch.extra_info``) for that pass only; the engine writes ``FOCUS_OUTPUT_KEY`` and
+  the per-row capture seconds ``FOCUS_SECONDS_KEY`` to TQ.
+* ``_compute_advantage``: reads both fields in one TQ read (the capture time is their row sum), aligns
+  the focus to the response tokens and runs verl's own
   ``_compute_advantage`` inside :func:`verl_vgpo.wiring.estimator.focus_scores_for_advantage`, then merges the
   estimator's metrics into the step metrics (which verl's tracker logs).
 
@@ -28,7 +28,7 @@ verl surface this relies on (identical in verl 0.9.0 and 0.9.1, checked method b
 ``PPOTrainerSeparateAsync._compute_old_log_prob`` (calls the base one), ``PPOTrainer._compute_advantage``
 (reads ``response_mask`` for ``batch.keys`` from TQ, pads it, calls ``compute_advantage`` in the same
 thread for non-GRPO estimators), ``TRAINER_REGISTRY``, ``RayPPOTrainer.__init__(config, ...)``, and the
-worker bridge returning engine metrics in ``output.extra_info["metrics"]``.
+worker bridge writing every per-row model-output field of the engine to TQ.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from verl_vgpo.wiring.engine import FOCUS_BACKENDS
 from verl_vgpo.wiring.keys import (
     CAPTURE_FOCUS_FLAG,
     FOCUS_OUTPUT_KEY,
-    FOCUS_TIME_KEY,
+    FOCUS_SECONDS_KEY,
     FOCUS_VISUAL_TOKENS_KEY,
     METRIC_PREFIX,
 )
@@ -224,56 +224,6 @@ def response_aligned_focus(
     return aligned.masked_fill(~inside, float("nan"))
 
 
-def _sum_seconds(value: Any) -> float:
-    """Total of the engine's focus-time metric: per micro-batch values, gathered per data-parallel rank."""
-    if isinstance(value, (list, tuple)):
-        return sum(_sum_seconds(v) for v in value)
-    if isinstance(value, torch.Tensor):
-        return float(value.detach().to(torch.float64).sum())
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise TypeError(f"engine metric {FOCUS_TIME_KEY} must hold numbers, got {type(value).__name__}: {value!r}")
-
-
-class _RecordingWorkerGroup:
-    """Stands in for the actor worker group during the old-log-prob pass to keep what it returns.
-
-    verl's ``_compute_old_log_prob`` discards the worker output, whose ``extra_info["metrics"]`` carries
-    the engine's focus time. Every other attribute (separate_async's save/restore calls) is delegated.
-    """
-
-    def __init__(self, worker_group: Any):
-        self._worker_group = worker_group
-        self.outputs: list[Any] = []
-
-    def compute_log_prob(self, *args, **kwargs):
-        output = self._worker_group.compute_log_prob(*args, **kwargs)
-        self.outputs.append(output)
-        return output
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._worker_group, name)
-
-
-def _engine_focus_seconds(outputs: list[Any]) -> Optional[float]:
-    """Seconds the engines report under FOCUS_TIME_KEY in the outputs of the pass; None if none report.
-
-    verl's worker bridge puts the engine metrics in ``output.extra_info["metrics"]``: a dict, or (the
-    BatchMeta concat path, what a real run returns) a list with one dict per collected data-parallel
-    rank. verl's FSDP workers all-gather every metric over the data-parallel group before returning
-    (``TrainingWorker._postprocess_output``), so each rank's dict already holds every rank's
-    per-micro-batch values: the first dict is summed, the others would count them again.
-    """
-    values = []
-    for output in outputs:
-        engine_metrics = (getattr(output, "extra_info", None) or {}).get("metrics")
-        if isinstance(engine_metrics, (list, tuple)):
-            engine_metrics = engine_metrics[0] if engine_metrics else None
-        if isinstance(engine_metrics, dict) and FOCUS_TIME_KEY in engine_metrics:
-            values.append(engine_metrics[FOCUS_TIME_KEY])
-    return _sum_seconds(values) if values else None
-
-
 def _multi_output_keys(keys: list[str]) -> list[str]:
     """Keys of agent-loop outputs after the first of their session (``{uid}_{session}_{index}``, index > 0)."""
     extra = []
@@ -284,10 +234,10 @@ def _multi_output_keys(keys: list[str]) -> list[str]:
     return extra
 
 
-def _missing_focus_message(batch_size: int) -> str:
+def _missing_focus_message(batch_size: int, field_name: str) -> str:
     plugins = os.environ.get("VERL_USE_EXTERNAL_PLUGINS")
     return (
-        f"algorithm.adv_estimator=vgpo: TransferQueue holds no '{FOCUS_OUTPUT_KEY}' field for the {batch_size} "
+        f"algorithm.adv_estimator=vgpo: TransferQueue holds no '{field_name}' field for the {batch_size} "
         f"sequences of this step, so the actor workers did not capture visual focus scores in the old-log-prob "
         f"pass. verl-vgpo must be loaded in every worker process: install the verl-vgpo package into the Python "
         f"environment of every Ray worker (every node, or the job's runtime_env), and check that "
@@ -322,34 +272,28 @@ class VGPOTrainerMixin:
         # the batch meta, so the request is removed again whatever happens inside
         batch.extra_info[CAPTURE_FOCUS_FLAG] = True
         batch.extra_info[FOCUS_VISUAL_TOKENS_KEY] = list(self.vgpo_config.visual_tokens)
-        worker_group = self.actor_rollout_wg
-        recorder = _RecordingWorkerGroup(worker_group)
-        self.actor_rollout_wg = recorder
         try:
             result = super()._compute_old_log_prob(batch, metrics)
         finally:
-            self.actor_rollout_wg = worker_group
             for key in _CAPTURE_KEYS:
                 batch.extra_info.pop(key, None)
         if result is not None and result is not batch and result.extra_info:
             for key in _CAPTURE_KEYS:
                 result.extra_info.pop(key, None)
-        capture_seconds = _engine_focus_seconds(recorder.outputs)
-        if capture_seconds is not None:
-            metrics[FOCUS_CAPTURE_TIME_METRIC] = capture_seconds
         return result
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         if self.vgpo_config is None:
             return super()._compute_advantage(batch, metrics)
         started = time.perf_counter()
-        focus = self._fetch_response_focus(batch)
+        focus, capture_seconds = self._fetch_response_focus(batch)
         fetched = time.perf_counter()
         with focus_scores_for_advantage(focus) as step:
             batch = super()._compute_advantage(batch, metrics)
         self._check_visual_signal(step.metrics)
         metrics.update(step.metrics)
         metrics[FOCUS_FETCH_TIME_METRIC] = fetched - started
+        metrics[FOCUS_CAPTURE_TIME_METRIC] = capture_seconds
         return batch
 
     def _check_visual_signal(self, step_metrics: dict) -> None:
@@ -371,8 +315,9 @@ class VGPOTrainerMixin:
             )
         self._vgpo_visual_signal_seen = True
 
-    def _fetch_response_focus(self, batch: KVBatchMeta) -> torch.Tensor:
-        """(bs, R) focus aligned with the padded response_mask that verl's _compute_advantage builds."""
+    def _fetch_response_focus(self, batch: KVBatchMeta) -> tuple[torch.Tensor, float]:
+        """(bs, R) focus aligned with the padded response_mask that verl's _compute_advantage builds, and
+        the engines' capture seconds summed over the batch's rows (= over micro-batches and ranks)."""
         extra = _multi_output_keys(list(batch.keys))
         if extra:
             raise VGPOConfigError(
@@ -385,14 +330,17 @@ class VGPOTrainerMixin:
         data = tq.kv_batch_get(
             keys=batch.keys,
             partition_id=batch.partition_id,
-            select_fields=[FOCUS_OUTPUT_KEY, "response_mask"],
+            select_fields=[FOCUS_OUTPUT_KEY, FOCUS_SECONDS_KEY, "response_mask"],
         )
-        if FOCUS_OUTPUT_KEY not in data.keys():
-            raise MissingFocusFieldError(_missing_focus_message(len(batch)))
+        for name in (FOCUS_OUTPUT_KEY, FOCUS_SECONDS_KEY):
+            if name not in data.keys():
+                raise MissingFocusFieldError(_missing_focus_message(len(batch), name))
         sequence_lengths = None
         if batch.tags and all("seq_len" in tag for tag in batch.tags):
             sequence_lengths = torch.tensor([tag["seq_len"] for tag in batch.tags], dtype=torch.int64)
-        return response_aligned_focus(data[FOCUS_OUTPUT_KEY], data["response_mask"], sequence_lengths)
+        focus = response_aligned_focus(data[FOCUS_OUTPUT_KEY], data["response_mask"], sequence_lengths)
+        seconds = data[FOCUS_SECONDS_KEY]
+        return focus, float((seconds.values() if seconds.is_nested else seconds).sum())
 
 
 # --------------------------------------------------------------------------------------------------
