@@ -16,7 +16,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from verl_vgpo.apps.evaluate import Example, Protocol, evaluate, format_table, parse_protocol
+from verl_vgpo.apps.evaluate import (
+    Example,
+    Protocol,
+    RewardError,
+    evaluate,
+    format_table,
+    load_reward,
+    mostly_unparsed,
+    parse_protocol,
+    rewards_by_source,
+)
 from verl_vgpo.rewards.math_boxed import compute_score
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,11 +44,8 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def benchmark_parquet(tmp_path_factory):
-    sys.path.insert(0, str(REPO / "examples" / "data_preprocess"))
-    try:
-        from vl_math_common import make_row, output_features
-    finally:
-        sys.path.pop(0)
+    from verl_vgpo.data.vl_math import make_row, output_features
+
     rows = []
     for index, (source, question, answer, height) in enumerate(ROWS):
         pixels = np.random.RandomState(index).randint(0, 256, (height, 40, 3), dtype=np.uint8)
@@ -117,17 +124,98 @@ def test_protocols():
         parse_protocol("avg@8", 0.0)
 
 
-def _run_cli(model, data, out_dir, *extra):
-    command = [sys.executable, "-m", "verl_vgpo.apps.evaluate", "--model_path", str(model), "--data", str(data)]
+def test_easy_vqa_rows_are_scored_by_exact_match_not_the_boxed_math_reward():
+    """Issue 13: every easy-vqa answer used to score 0 (the CLI always used the boxed-math reward)."""
+    examples = [
+        Example(data_source="easy_vqa", index=0, messages=[], images=[], ground_truth="yes"),
+        Example(data_source="easy_vqa", index=1, messages=[], images=[], ground_truth="circle"),
+        Example(data_source="easy_vqa", index=2, messages=[], images=[], ground_truth="red"),
+        Example(data_source="mmk12", index=3, messages=[], images=[], ground_truth="3"),
+    ]
+    greedy = [["I see a red circle. Answer: yes"], ["I see a red circle. Answer: circle"], ["I see a blue"], ["\\boxed{3}"]]
+    rows, records, _ = evaluate(examples, ScriptedResponses({"greedy": greedy}), [Protocol("greedy", 1, 0.0)])
+    table = {row["data_source"]: row for row in rows}
+    assert table["easy_vqa"]["greedy"] == pytest.approx(200 / 3)
+    assert table["mmk12"]["greedy"] == 100.0
+    # the third response has no "Answer:" line: counted, not hidden
+    assert table["easy_vqa"]["parse_failure"]["greedy"] == pytest.approx(1 / 3)
+    assert [r["parsed"] for r in records] == [[True], [True], [False], [True]]
+    assert mostly_unparsed(rows) == []
+
+
+def test_reward_routing_follows_the_data_source():
+    from verl_vgpo.apps.evaluate import VERL_DEFAULT_REWARD
+
+    def example(source, truth="4"):
+        return Example(data_source=source, index=0, messages=[], images=[], ground_truth=truth)
+
+    rewards = rewards_by_source([example("easy_vqa", "yes"), example("geometry3k"), example("openai/gsm8k")])
+    assert rewards["easy_vqa"].name == "pkg://verl_vgpo.rewards.exact_match:compute_score"
+    assert rewards["geometry3k"].name == "pkg://verl_vgpo.rewards.math_boxed:compute_score"
+    assert rewards["openai/gsm8k"].name == VERL_DEFAULT_REWARD  # verl's own routing for verl's data sources
+    gsm8k = rewards["openai/gsm8k"]
+    assert gsm8k.score(example("openai/gsm8k"), "so #### 4") == (1.0, "score")
+    assert gsm8k.parses("so #### 4") and not gsm8k.parses("the answer is 4")
+    with pytest.raises(RewardError, match="no reward for data_source 'my_bench'.*--reward"):
+        rewards_by_source([example("my_bench")])
+
+
+def test_custom_reward_is_loaded_like_reward_custom_reward_function(tmp_path):
+    module = tmp_path / "my_reward.py"
+    module.write_text(
+        "def score(data_source, solution_str, ground_truth, extra_info=None, bonus=0.0):\n"
+        "    return float(solution_str.strip() == ground_truth) + bonus\n"
+    )
+    custom = load_reward(f"{module}:score", {"bonus": 0.5})
+    examples = [Example(data_source="my_bench", index=0, messages=[], images=[], ground_truth="x")]
+    rewards = rewards_by_source(examples, custom)  # a custom reward needs no routing for unknown sources
+    assert rewards["my_bench"].score(examples[0], "x") == (1.5, "score")  # reward_kwargs reach it, like verl's
+    assert rewards["my_bench"].parses is None  # unknown format: the table says n/a, not 0 %
+    rows, _, _ = evaluate(examples, ScriptedResponses({"greedy": [["x"]]}), [Protocol("greedy", 1, 0.0)], rewards)
+    assert rows[0]["parse_failure"] == {"greedy": None}
+    assert "| my_bench | 1 | 150.00 | n/a |" in format_table(rows, ["greedy"])
+    graded = load_reward("pkg://verl_vgpo.rewards.exact_match:compute_graded_score")
+    assert graded.expects is not None
+    for bad in ("no_function_given", "pkg://verl_vgpo.rewards.exact_match:", f"{tmp_path}/missing.py:score"):
+        with pytest.raises(RewardError):
+            load_reward(bad)
+    with pytest.raises(RewardError, match="cannot be loaded"):
+        load_reward("pkg://verl_vgpo.rewards.exact_match:no_such_function")
+
+
+def test_mostly_unparsed_sources_are_flagged():
+    examples = [Example(data_source="mmk12", index=i, messages=[], images=[], ground_truth="3") for i in range(3)]
+    greedy = [["3"], ["the answer is 3"], ["\\boxed{3}"]]
+    rows, _, _ = evaluate(examples, ScriptedResponses({"greedy": greedy}), [Protocol("greedy", 1, 0.0)])
+    assert rows[0]["parse_failure"]["greedy"] == pytest.approx(2 / 3)
+    assert mostly_unparsed(rows) == [{"data_source": "mmk12", "protocol": "greedy", "rate": pytest.approx(2 / 3)}]
+    assert "| mmk12 | 3 | 33.33 | 67% !! |" in format_table(rows, ["greedy"])
+
+
+def test_console_script_main_returns_an_exit_code():
+    from importlib.metadata import entry_points
+
+    from verl_vgpo.apps import evaluate as evaluate_module
+
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "vgpo-evaluate"]
+    assert script.load() is evaluate_module.main
+    assert evaluate_module.main(["--model_path", "unused", "--data", "unused.parquet", "--output_dir", "unused",
+                                 "--reward", "no_colon"]) == 2
+
+
+def _run_cli(model, data, out_dir, *extra, expected_code=0, console_script=False):
+    program = [str(Path(sys.executable).parent / "vgpo-evaluate")] if console_script else [
+        sys.executable, "-m", "verl_vgpo.apps.evaluate"]
+    command = [*program, "--model_path", str(model), "--data", str(data)]
     command += ["--output_dir", str(out_dir), "--backend", "hf", "--max_new_tokens", "12", *extra]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=CHILD_ENV, cwd=REPO)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return completed.stdout
+    assert completed.returncode == expected_code, completed.stderr[-3000:]
+    return completed
 
 
 def test_cli_on_tiny_vlm(tiny_vlm_path, benchmark_parquet, tmp_path):
     out = tmp_path / "batched"
-    stdout = _run_cli(tiny_vlm_path, benchmark_parquet, out, "--protocols", "greedy", "avg@3", "--batch_size", "3")
+    stdout = _run_cli(tiny_vlm_path, benchmark_parquet, out, "--protocols", "greedy", "avg@3", "--batch_size", "3").stdout
     summary = json.loads((out / "results.json").read_text())
     records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert summary["backend"] == "hf"
@@ -149,10 +237,22 @@ def test_cli_on_tiny_vlm(tiny_vlm_path, benchmark_parquet, tmp_path):
             ]
             assert row[protocol] == pytest.approx(100 * np.mean(per_prompt))
     assert "| mmk12 | 3 |" in stdout and "| all | 5 |" in stdout
+    # the math sources are scored by the recipes' boxed reward; a random model writes no box: loud, not silent
+    assert summary["rewards"]["mmk12"]["reward"] == "pkg://verl_vgpo.rewards.math_boxed:compute_score"
+    unboxed = [r for r in records if not any("\\boxed{" in text for text in r["responses"])]
+    assert unboxed, "the random tiny model wrote a box: pick another failure example"
+    mmk12 = next(row for row in summary["table"] if row["data_source"] == "mmk12")
+    mmk12_greedy = [r for r in records if r["data_source"] == "mmk12" and r["protocol"] == "greedy"]
+    assert mmk12["parse_failure"]["greedy"] == pytest.approx(sum(not r["parsed"][0] for r in mmk12_greedy) / 3)
 
-    # greedy decoding does not depend on how prompts are batched (left padding + multimodal positions)
+    # greedy decoding does not depend on how prompts are batched (left padding + multimodal positions);
+    # the console script behaves like python -m, and --strict fails the run when most answers cannot be read
     single = tmp_path / "single"
-    _run_cli(tiny_vlm_path, benchmark_parquet, single, "--protocols", "greedy", "--batch_size", "1")
+    completed = _run_cli(tiny_vlm_path, benchmark_parquet, single, "--protocols", "greedy", "--batch_size", "1",
+                         "--strict", expected_code=3, console_script=True)
+    assert "WARNING: " in completed.stderr and "of responses lack a \\boxed{} answer" in completed.stderr
+    assert "--strict: " in completed.stderr
+    assert "!!" in completed.stdout
     single_records = [json.loads(line) for line in (single / "generations.jsonl").read_text().splitlines()]
     assert [r["responses"] for r in single_records] == [r["responses"] for r in records[:5]]
     assert any(r["responses"][0] for r in single_records), "the model generated nothing at all"

@@ -5,16 +5,26 @@
 * ``avg@K``:  K sampled responses per prompt at temperature 1.0 (``--temperature``), accuracy averaged
   over the K samples and then over prompts (how PAPO and VPPO report, with K = 8).
 
-Each response is scored with the recipe's reward, :func:`verl_vgpo.rewards.math_boxed.compute_score`
-(the last ``\\boxed{}`` against ``reward_model.ground_truth``). The accuracy table has one row per
-``data_source`` plus the mean over all prompts and the mean over sources; it is printed and written to
-``<output_dir>/results.json`` with every response in ``<output_dir>/generations.jsonl``.
+Each response is scored by the reward that training would use for its row's ``data_source``: this
+project's rewards for its own data (``easy_vqa`` -> :mod:`verl_vgpo.rewards.exact_match`; ``mmk12``,
+``geometry3k``, ``virl39k`` -> :mod:`verl_vgpo.rewards.math_boxed`), verl's default routing
+(``verl.utils.reward_score.default_compute_score``: gsm8k, MATH, geometry3k, ...) for every other source.
+``--reward PATH_OR_PKG:FUNCTION`` (e.g. ``pkg://verl_vgpo.rewards.math_boxed:compute_score`` or
+``my_reward.py:score``) scores every row with one function, loaded by verl's own
+``reward.custom_reward_function`` loader, with ``--reward_kwargs`` as its ``reward_kwargs``.
+Accuracy is the reward's ``acc`` when it returns one, else its score (verl's ``val-core`` rule).
+
+No silent zeros: for every reward whose answer format is known, the share of responses in which no
+answer can be parsed (no ``\\boxed{}``, no ``Answer:``, no ``#### n``) is reported per source and protocol,
+flagged in the table when most responses fail, and ``--strict`` turns that into a non-zero exit. The
+accuracy table has one row per ``data_source`` plus the mean over all prompts and the mean over sources;
+it is printed and written to ``<output_dir>/results.json`` (with the reward used for each source) and
+every response goes to ``<output_dir>/generations.jsonl``.
 
 Generation uses vLLM when it is installed and a GPU is present (``--backend auto``), Hugging Face
-``generate`` otherwise. On the HF path the processor's ``mm_token_type_ids`` are passed so the model
-computes the right multimodal (M-RoPE) positions, prompts are left-padded, and special tokens other
-than end-of-sequence (image/video pads, vision start/end, ...) are suppressed so a weak model cannot
-emit a token that breaks the position computation.
+``generate`` otherwise. The HF path uses the same helpers as the ``hf_cpu`` rollout
+(:mod:`verl_vgpo.cpu.generation`): multimodal token types for the right M-RoPE positions, left-padded
+prompts, the same special-token suppression and sampling settings.
 
     python -m verl_vgpo.apps.evaluate --model_path ckpt/hf --data ~/data/mmk12/test.parquet \\
         --protocols greedy avg@8 --output_dir eval/mmk12
@@ -23,15 +33,17 @@ emit a token that breaks the position computation.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import inspect
 import json
 import os
 import re
+import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
-
-from verl_vgpo.rewards.math_boxed import compute_score
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Optional, Sequence
 
 IMAGE_PLACEHOLDER = "<image>"
 _PROTOCOL_PATTERN = re.compile(r"^(greedy|avg@([1-9][0-9]*))$")
@@ -64,6 +76,7 @@ class Example:
     messages: list[dict[str, Any]]
     images: list[Any]
     ground_truth: Any
+    extra_info: Optional[dict] = None
 
 
 def load_examples(
@@ -95,6 +108,7 @@ def load_examples(
                     messages=_messages_with_images(row["prompt"], len(images), f"{path} row {row_number}"),
                     images=[process_image(image, image_patch_size) for image in images],
                     ground_truth=row["reward_model"]["ground_truth"],
+                    extra_info=dict(row.get("extra_info") or {}),
                 )
             )
     if not examples:
@@ -247,19 +261,209 @@ def vllm_usable() -> bool:
     return torch.cuda.is_available()
 
 
-def score_protocol(examples: Sequence[Example], responses: Sequence[Sequence[str]], protocol: Protocol):
-    """Per-prompt mean accuracy over its samples, plus the per-response records."""
+# --------------------------------------------------------------------------------------------------
+# Rewards: which function scores a row (as in training), and whether its answer could be parsed
+# --------------------------------------------------------------------------------------------------
+
+VERL_DEFAULT_REWARD = "verl.utils.reward_score.default_compute_score"
+# this project's data sources (written by verl_vgpo.data and examples/data_preprocess) -> their reward
+PROJECT_REWARDS = {
+    "easy_vqa": "pkg://verl_vgpo.rewards.exact_match:compute_score",
+    "mmk12": "pkg://verl_vgpo.rewards.math_boxed:compute_score",
+    "geometry3k": "pkg://verl_vgpo.rewards.math_boxed:compute_score",
+    "virl39k": "pkg://verl_vgpo.rewards.math_boxed:compute_score",
+}
+# a parse failure is reported as loud when more than this share of a source's responses fail
+MOSTLY_UNPARSED = 0.5
+
+
+class RewardError(ValueError):
+    """No reward can score a data source, or a --reward spec cannot be loaded."""
+
+
+def _has_boxed(response: str) -> bool:
+    from verl_vgpo.rewards.math_boxed import last_boxed_content
+
+    return last_boxed_content(response) is not None
+
+
+def _has_answer_marker(response: str) -> bool:
+    from verl_vgpo.data.easy_vqa import ANSWER_MARKER
+
+    return ANSWER_MARKER.lower() in response.lower()
+
+
+def _has_gsm8k_answer(response: str) -> bool:
+    from verl.utils.reward_score.gsm8k import extract_solution
+
+    return extract_solution(response, method="strict") is not None
+
+
+def _has_boxed_any(response: str) -> bool:
+    from verl.utils.reward_score.math_dapo import last_boxed_only_string
+
+    return last_boxed_only_string(response) is not None
+
+
+def _has_minerva_answer_or_box(response: str) -> bool:
+    # math_dapo: "Answer: ..." (Minerva) in the last 300 characters, else a \boxed{} there
+    tail = response[-300:]
+    return bool(re.search(r"(?i)Answer\s*:\s*([^\n]+)", tail)) or _has_boxed_any(tail)
+
+
+# (what a response must contain, the check); keyed by the project's reward functions' qualified names
+_PROJECT_PARSERS = {
+    "verl_vgpo.rewards.math_boxed.compute_score": ("a \\boxed{} answer", _has_boxed),
+    "verl_vgpo.rewards.exact_match.compute_score": ("an 'Answer:' line", _has_answer_marker),
+    "verl_vgpo.rewards.exact_match.compute_graded_score": ("an 'Answer:' line", _has_answer_marker),
+}
+
+
+def _verl_default_parser(data_source: str):
+    """The answer format verl's default routing expects for a source (None: not a fixed format)."""
+    if data_source == "openai/gsm8k":
+        return ("a '#### <number>' line", _has_gsm8k_answer)
+    if data_source in ("lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval", "HuggingFaceH4/MATH-500",
+                       "hiyouga/geometry3k") or data_source.startswith("numina_"):
+        return ("a \\boxed{} answer", _has_boxed_any)
+    if data_source in ("math_dapo", "math", "math_dapo_reasoning") or data_source.startswith("aime"):
+        return ("an 'Answer:' line or a \\boxed{} answer", _has_minerva_answer_or_box)
+    return None
+
+
+@dataclass
+class Reward:
+    """A verl-signature reward function ``fn(data_source=, solution_str=, ground_truth=, extra_info=)``."""
+
+    name: str
+    fn: Callable[..., Any]
+    expects: Optional[str] = None  # the answer format, when known
+    parses: Optional[Callable[[str], bool]] = None  # True when an answer can be read from a response
+
+    def score(self, example: Example, response: str) -> tuple[float, str]:
+        """(accuracy, metric name): the reward's ``acc`` when it returns one, else its score."""
+        result = self.fn(
+            data_source=example.data_source,
+            solution_str=response,
+            ground_truth=example.ground_truth,
+            extra_info=dict(example.extra_info or {}),
+        )
+        if inspect.isawaitable(result):
+            result = asyncio.run(_awaited(result))
+        if isinstance(result, dict):
+            if "acc" in result:
+                return float(result["acc"]), "acc"
+            if "score" not in result:
+                raise RewardError(f"reward {self.name} returned a dict without 'acc' or 'score': {sorted(result)}")
+            return float(result["score"]), "score"
+        return float(result), "score"
+
+
+async def _awaited(awaitable):
+    return await awaitable
+
+
+def split_reward_spec(spec: str) -> tuple[str, str]:
+    """``PATH_OR_PKG:FUNCTION`` -> (module path as verl's loader takes it, function name)."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name or name.startswith("//") or "/" in name:
+        raise RewardError(
+            f"--reward must be PATH_OR_PKG:FUNCTION (e.g. pkg://verl_vgpo.rewards.math_boxed:compute_score or "
+            f"my_reward.py:compute_score), got {spec!r}"
+        )
+    return path, name
+
+
+def load_reward(spec: str, reward_kwargs: Optional[dict] = None) -> Reward:
+    """A custom reward loaded exactly as training loads ``reward.custom_reward_function`` (verl's
+    ``get_custom_reward_fn``: ``path``, ``name``, ``reward_kwargs``)."""
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    path, name = split_reward_spec(spec)
+    config = OmegaConf.create(
+        {"reward": {"custom_reward_function": {"path": path, "name": name, "reward_kwargs": dict(reward_kwargs or {})}}}
+    )
+    try:
+        fn = get_custom_reward_fn(config)
+    except (FileNotFoundError, ImportError, AttributeError, RuntimeError) as error:
+        raise RewardError(f"--reward {spec!r} cannot be loaded: {error}") from error
+    raw = fn.args[0] if isinstance(fn, partial) and fn.args else fn
+    qualified = f"{getattr(raw, '__module__', '')}.{getattr(raw, '__qualname__', name)}"
+    expects, parses = _PROJECT_PARSERS.get(qualified, (None, None))
+    return Reward(name=spec if not reward_kwargs else f"{spec} {json.dumps(reward_kwargs, sort_keys=True)}",
+                  fn=fn, expects=expects, parses=parses)
+
+
+def reward_for_source(example: Example, custom: Optional[Reward] = None) -> Reward:
+    """The reward training would use for this row: ``custom`` when given, else the project's reward for
+    its own data sources, else verl's default routing (checked now, so an unknown source fails before
+    any generation)."""
+    if custom is not None:
+        return custom
+    if example.data_source in PROJECT_REWARDS:
+        return load_reward(PROJECT_REWARDS[example.data_source])
+    from verl.utils.reward_score import default_compute_score
+
+    try:
+        default_compute_score(example.data_source, "", example.ground_truth, dict(example.extra_info or {}))
+    except NotImplementedError as error:
+        raise RewardError(
+            f"no reward for data_source {example.data_source!r}: it is not one of this project's "
+            f"({sorted(PROJECT_REWARDS)}) and verl's default routing does not know it ({error}); pass "
+            "--reward PATH_OR_PKG:FUNCTION, as reward.custom_reward_function in training"
+        ) from error
+    except Exception:  # noqa: BLE001 -- the probe only asks whether a route exists; scoring raises for real
+        pass
+    expects, parses = _verl_default_parser(example.data_source) or (None, None)
+    return Reward(name=VERL_DEFAULT_REWARD, fn=default_compute_score, expects=expects, parses=parses)
+
+
+def rewards_by_source(examples: Sequence[Example], custom: Optional[Reward] = None) -> dict[str, Reward]:
+    """One reward per data source (resolved from the source's first row)."""
+    rewards: dict[str, Reward] = {}
+    for example in examples:
+        if example.data_source not in rewards:
+            rewards[example.data_source] = reward_for_source(example, custom)
+    return rewards
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring and the table
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProtocolScores:
+    """Per-prompt accuracy (mean over its samples) and per-prompt parse results of one protocol."""
+
+    per_prompt: list[float]
+    unparsed: list[Optional[int]] = field(default_factory=list)  # responses without an answer; None: unknown
+    metric_by_source: dict[str, str] = field(default_factory=dict)
+
+
+def score_protocol(
+    examples: Sequence[Example],
+    responses: Sequence[Sequence[str]],
+    protocol: Protocol,
+    rewards: Optional[dict[str, Reward]] = None,
+):
+    """Score every response with its source's reward; returns (ProtocolScores, per-response records)."""
     if len(responses) != len(examples):
         raise ValueError(f"{len(responses)} response lists for {len(examples)} prompts")
-    per_prompt, records = [], []
+    rewards = rewards if rewards is not None else rewards_by_source(examples)
+    scores_out = ProtocolScores(per_prompt=[])
+    records = []
     for example, samples in zip(examples, responses):
         if len(samples) != protocol.num_samples:
             raise ValueError(f"{protocol.name}: expected {protocol.num_samples} responses, got {len(samples)}")
-        scores = [
-            compute_score(example.data_source, text, example.ground_truth, {"index": example.index})["acc"]
-            for text in samples
-        ]
-        per_prompt.append(sum(scores) / len(scores))
+        reward = rewards[example.data_source]
+        scored = [reward.score(example, text) for text in samples]
+        accuracies = [accuracy for accuracy, _ in scored]
+        scores_out.metric_by_source[example.data_source] = scored[0][1]
+        parsed = [bool(reward.parses(text)) for text in samples] if reward.parses is not None else None
+        scores_out.per_prompt.append(sum(accuracies) / len(accuracies))
+        scores_out.unparsed.append(None if parsed is None else parsed.count(False))
         records.append(
             {
                 "protocol": protocol.name,
@@ -267,37 +471,95 @@ def score_protocol(examples: Sequence[Example], responses: Sequence[Sequence[str
                 "index": example.index,
                 "ground_truth": _json_ready(example.ground_truth),
                 "responses": list(samples),
-                "acc": scores,
+                "acc": accuracies,
+                "parsed": parsed,
             }
         )
-    return per_prompt, records
+    return scores_out, records
 
 
-def accuracy_table(examples: Sequence[Example], per_protocol: dict[str, list[float]]) -> list[dict[str, Any]]:
-    """Rows: one per data_source (sorted), then ``all`` (mean over prompts) and ``mean_of_sources``."""
+def _parse_failure_rate(scores: ProtocolScores, positions: Sequence[int], num_samples: int) -> Optional[float]:
+    counts = [scores.unparsed[p] for p in positions]
+    if any(count is None for count in counts):
+        return None
+    return sum(counts) / (len(positions) * num_samples)
+
+
+def accuracy_table(
+    examples: Sequence[Example], per_protocol: dict[str, Any], protocols: Optional[Sequence[Protocol]] = None
+) -> list[dict[str, Any]]:
+    """Rows: one per data_source (sorted), then ``all`` (mean over prompts) and ``mean_of_sources``.
+
+    ``per_protocol`` maps a protocol name to its :class:`ProtocolScores` (or a plain per-prompt list).
+    Source rows and ``all`` carry ``parse_failure[<protocol>]``: the share of responses with no
+    parsable answer (None when the reward's answer format is unknown).
+    """
+    samples = {p.name: p.num_samples for p in protocols or []}
     by_source: dict[str, list[int]] = defaultdict(list)
     for position, example in enumerate(examples):
         by_source[example.data_source].append(position)
+    scores = {
+        name: value if isinstance(value, ProtocolScores) else ProtocolScores(per_prompt=list(value))
+        for name, value in per_protocol.items()
+    }
     rows = []
     for source in sorted(by_source):
         positions = by_source[source]
-        row: dict[str, Any] = {"data_source": source, "prompts": len(positions)}
-        for name, per_prompt in per_protocol.items():
-            row[name] = 100.0 * sum(per_prompt[p] for p in positions) / len(positions)
+        row: dict[str, Any] = {"data_source": source, "prompts": len(positions), "parse_failure": {}}
+        for name, protocol_scores in scores.items():
+            row[name] = 100.0 * sum(protocol_scores.per_prompt[p] for p in positions) / len(positions)
+            if protocol_scores.unparsed:
+                row["parse_failure"][name] = _parse_failure_rate(protocol_scores, positions, samples.get(name, 1))
         rows.append(row)
-    overall: dict[str, Any] = {"data_source": "all", "prompts": len(examples)}
+    overall: dict[str, Any] = {"data_source": "all", "prompts": len(examples), "parse_failure": {}}
     macro: dict[str, Any] = {"data_source": "mean_of_sources", "prompts": len(examples)}
-    for name, per_prompt in per_protocol.items():
-        overall[name] = 100.0 * sum(per_prompt) / len(per_prompt)
+    for name, protocol_scores in scores.items():
+        overall[name] = 100.0 * sum(protocol_scores.per_prompt) / len(protocol_scores.per_prompt)
         macro[name] = sum(row[name] for row in rows) / len(rows)
+        if protocol_scores.unparsed:
+            overall["parse_failure"][name] = _parse_failure_rate(
+                protocol_scores, range(len(examples)), samples.get(name, 1)
+            )
     return rows + [overall, macro]
 
 
+def mostly_unparsed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``{"data_source", "protocol", "rate"}`` for every source and protocol where most responses have no
+    parsable answer (rate > MOSTLY_UNPARSED)."""
+    loud = []
+    for row in rows:
+        if row["data_source"] in ("all", "mean_of_sources"):
+            continue
+        for name, rate in (row.get("parse_failure") or {}).items():
+            if rate is not None and rate > MOSTLY_UNPARSED:
+                loud.append({"data_source": row["data_source"], "protocol": name, "rate": rate})
+    return loud
+
+
+def describe_unparsed(entry: dict[str, Any], rewards: dict[str, Reward]) -> str:
+    reward = rewards[entry["data_source"]]
+    return (
+        f"{entry['data_source']} ({entry['protocol']}): {100 * entry['rate']:.0f}% of responses lack "
+        f"{reward.expects}, which its reward {reward.name} needs; the accuracy there is not meaningful"
+    )
+
+
 def format_table(rows: list[dict[str, Any]], protocol_names: Sequence[str]) -> str:
-    header = ["data_source", "prompts", *protocol_names]
+    """Markdown table: accuracy per protocol, then the parse-failure share per protocol ("n/a": unknown
+    format); a share above half is marked ``!!``."""
+    header = ["data_source", "prompts", *protocol_names, *(f"{name} unparsed" for name in protocol_names)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in rows:
         cells = [row["data_source"], str(row["prompts"])] + [f"{row[name]:.2f}" for name in protocol_names]
+        failures = row.get("parse_failure")
+        for name in protocol_names:
+            rate = failures.get(name) if failures is not None else None
+            if failures is None:
+                cells.append("")
+            elif rate is None:
+                cells.append("n/a")
+            else:
+                cells.append(f"{100 * rate:.0f}%" + (" !!" if rate > MOSTLY_UNPARSED else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -307,18 +569,25 @@ def _json_ready(value: Any) -> Any:
 
 
 def evaluate(
-    examples: Sequence[Example], generator: Generator, protocols: Sequence[Protocol]
+    examples: Sequence[Example],
+    generator: Generator,
+    protocols: Sequence[Protocol],
+    rewards: Optional[dict[str, Reward]] = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, float]]:
-    """Run every protocol; returns (table rows, per-response records, seconds per protocol)."""
+    """Run every protocol; returns (table rows, per-response records, seconds per protocol).
+
+    ``rewards`` (data source -> Reward) defaults to :func:`rewards_by_source` (the training routing).
+    """
+    rewards = rewards if rewards is not None else rewards_by_source(examples)
     per_protocol, records, seconds = {}, [], {}
     for protocol in protocols:
         started = time.perf_counter()
         responses = generator(examples, protocol)
         seconds[protocol.name] = time.perf_counter() - started
-        per_prompt, protocol_records = score_protocol(examples, responses, protocol)
-        per_protocol[protocol.name] = per_prompt
+        protocol_scores, protocol_records = score_protocol(examples, responses, protocol, rewards)
+        per_protocol[protocol.name] = protocol_scores
         records.extend(protocol_records)
-    return accuracy_table(examples, per_protocol), records, seconds
+    return accuracy_table(examples, per_protocol, protocols), records, seconds
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
@@ -336,20 +605,45 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_rows", type=int, default=None, help="evaluate only the first N rows of each file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--reward",
+        default=None,
+        help="PATH_OR_PKG:FUNCTION scoring every row, loaded as reward.custom_reward_function in training\n"
+        "(default: the reward of each row's data_source: this project's, else verl's default routing)",
+    )
+    parser.add_argument("--reward_kwargs", default=None, help="JSON object passed as reward_kwargs to --reward")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit with status 3 when most responses of a source have no parsable answer"
+    )
+    parser.add_argument(
         "--image_patch_size", type=int, default=14, help="14 for Qwen2.5-VL, 16 for Qwen3-VL (as data.image_patch_size)"
     )
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1 or args.batch_size < 1:
         parser.error("--max_new_tokens and --batch_size must be >= 1")
+    if args.reward_kwargs is not None:
+        if args.reward is None:
+            parser.error("--reward_kwargs needs --reward")
+        try:
+            args.reward_kwargs = json.loads(args.reward_kwargs)
+        except json.JSONDecodeError as error:
+            parser.error(f"--reward_kwargs is not JSON: {error}")
+        if not isinstance(args.reward_kwargs, dict):
+            parser.error("--reward_kwargs must be a JSON object")
     return args
 
 
-def main(argv=None) -> list[dict[str, Any]]:
+STRICT_EXIT_CODE = 3
+
+
+def run(argv=None) -> dict[str, Any]:
+    """The CLI without the exit code: evaluates, writes the outputs, returns the results.json content."""
     args = _parse_args(argv)
     protocols = [parse_protocol(name, args.temperature) for name in args.protocols]
     if len({p.name for p in protocols}) != len(protocols):
         raise ValueError(f"a protocol is listed twice: {args.protocols}")
+    custom = load_reward(args.reward, args.reward_kwargs) if args.reward else None
     examples = load_examples(args.data, args.max_rows, args.image_patch_size)
+    rewards = rewards_by_source(examples, custom)  # before loading a model: an unknown source fails now
 
     backend = args.backend
     if backend == "auto":
@@ -367,10 +661,13 @@ def main(argv=None) -> list[dict[str, Any]]:
     else:
         generator = HFGenerator(args.model_path, args.max_new_tokens, args.batch_size, args.seed)
 
-    rows, records, seconds = evaluate(examples, generator, protocols)
+    rows, records, seconds = evaluate(examples, generator, protocols, rewards)
     names = [p.name for p in protocols]
     table = format_table(rows, names)
     print(table)
+    loud = [describe_unparsed(entry, rewards) for entry in mostly_unparsed(rows)]
+    for line in loud:
+        print(f"WARNING: {line}", file=sys.stderr)
 
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "generations.jsonl"), "w", encoding="utf-8") as handle:
@@ -383,6 +680,11 @@ def main(argv=None) -> list[dict[str, Any]]:
         "protocols": [p.__dict__ for p in protocols],
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
+        "rewards": {
+            source: {"reward": reward.name, "expects": reward.expects, "parse_checked": reward.parses is not None}
+            for source, reward in sorted(rewards.items())
+        },
+        "mostly_unparsed": loud,
         "generation_seconds": seconds,
         "table": rows,
     }
@@ -390,8 +692,23 @@ def main(argv=None) -> list[dict[str, Any]]:
         json.dump(summary, handle, indent=2, allow_nan=False)
     with open(os.path.join(args.output_dir, "results.md"), "w", encoding="utf-8") as handle:
         handle.write(table + "\n")
-    return rows
+    summary["strict_failed"] = bool(args.strict and loud)
+    return summary
+
+
+def main(argv=None) -> int:
+    """Console script ``vgpo-evaluate``: 0 on success, 3 under ``--strict`` when most responses of a source
+    have no parsable answer, 2 for an input or reward that cannot be evaluated."""
+    try:
+        summary = run(argv)
+    except RewardError as error:
+        print(f"vgpo-evaluate: {error}", file=sys.stderr)
+        return 2
+    if summary["strict_failed"]:
+        print(f"vgpo-evaluate --strict: {'; '.join(summary['mostly_unparsed'])}", file=sys.stderr)
+        return STRICT_EXIT_CODE
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
