@@ -2,7 +2,7 @@
 
 verl swallows plugin import errors at DEBUG level, so every failure here is logged loudly before it is
 re-raised; the trainer layer separately checks that the workers really produced focus scores.
-Registrations are idempotent: importing this module twice (or reloading it) is harmless.
+Registrations are idempotent: running :func:`load` twice is harmless.
 """
 
 from __future__ import annotations

@@ -79,14 +79,8 @@ def vgpo_adv_estimator(
 
 
 def register_estimator() -> None:
-    """Register ``vgpo`` in verl's advantage estimator registry (idempotent, also across reloads)."""
+    """Register ``vgpo`` in verl's advantage estimator registry (idempotent: verl accepts the same
+    function twice and refuses a different one under the same name)."""
     from verl.trainer.ppo import core_algos
 
-    current = core_algos.ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME)
-    if current is not None and getattr(current, "__qualname__", None) == vgpo_adv_estimator.__qualname__ and getattr(
-        current, "__module__", None
-    ) == vgpo_adv_estimator.__module__:
-        # same function (possibly from a reloaded module): keep one registration
-        core_algos.ADV_ESTIMATOR_REGISTRY[ESTIMATOR_NAME] = vgpo_adv_estimator
-        return
     core_algos.register_adv_est(ESTIMATOR_NAME)(vgpo_adv_estimator)
