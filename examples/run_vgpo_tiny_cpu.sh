@@ -36,7 +36,7 @@ case "$ALGO" in
 esac
 
 [ -f "$MODEL_DIR/config.json" ] || "$PYTHON" -m verl_vgpo.cpu.tiny_vlm --out "$MODEL_DIR"
-[ -f "$DATA_DIR/train.parquet" ] || "$PYTHON" examples/data_preprocess/easy_vqa.py \
+[ -f "$DATA_DIR/train.parquet" ] || "$PYTHON" -m verl_vgpo.data.easy_vqa \
   --local_save_dir "$DATA_DIR" --train_size "$TRAIN_SIZE" --val_size 16
 
 mkdir -p "$OUT_DIR"

@@ -30,16 +30,13 @@ TOKEN_WEIGHT_CLIP = (0.1, 2.0)
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    import subprocess
-    import sys
-
     from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
+    from verl_vgpo.data.easy_vqa import write_splits
 
     root = tmp_path_factory.mktemp("main_ppo_smoke")
     model_dir = Path(build_tiny_vlm(root / "tiny_vlm", seed=0))
     data_dir = root / "easy_vqa"
-    subprocess.run([sys.executable, str(demo.REPO_ROOT / "examples/data_preprocess/easy_vqa.py"),
-                    "--local_save_dir", str(data_dir), "--train_size", "16", "--val_size", "4"], check=True, timeout=300)
+    write_splits(data_dir, train_size=16, val_size=4)
     return {"root": root, "model": model_dir, "data": data_dir}
 
 

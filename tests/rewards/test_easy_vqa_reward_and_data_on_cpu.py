@@ -1,26 +1,21 @@
-"""easy-vqa parquet converter (read back through verl's real RLHFDataset) and the exact-match reward."""
+"""easy-vqa format (verl_vgpo.data.easy_vqa: prompt, rationale target, answer extraction, parquet rows read
+back through verl's real RLHFDataset), its converter script, and the exact-match reward."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
 
+from verl_vgpo.data import easy_vqa as converter
 from verl_vgpo.rewards import exact_match
 
-CONVERTER = Path(__file__).resolve().parents[2] / "examples" / "data_preprocess" / "easy_vqa.py"
-
-
-def _load_converter():
-    # loaded under another module name: "easy_vqa" is the data package the converter reads
-    spec = importlib.util.spec_from_file_location("easy_vqa_converter", CONVERTER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+CONVERTER = Path(__file__).resolve().parents[2] / "examples" / "data_preprocess" / "easy_vqa_shapes.py"
 
 
 # ---- reward ----------------------------------------------------------------------------------------
@@ -37,6 +32,13 @@ def _load_converter():
         ("a circle", "circle", 0.0),
         ("", "no", 0.0),
         ("no", "yes", 0.0),
+        # the rationale format: only the text after the last "Answer:" counts
+        ("I see a red circle. Answer: circle", "circle", 1.0),
+        ("I see a red circle. answer: Red.", "red", 1.0),
+        ("I see a red circle. Answer: circle", "red", 0.0),
+        ("Answer: red. Answer: blue", "red", 0.0),
+        ("I see a red circle. Answer: circle red", "circle", 0.0),
+        ("I see a red circle.", "circle", 0.0),
     ],
 )
 def test_exact_match(response, answer, expected):
@@ -75,10 +77,45 @@ def test_reward_loads_through_verls_custom_reward_hook():
 # ---- data ------------------------------------------------------------------------------------------
 
 
+def test_target_format_round_trips_through_the_answer_extraction():
+    for color in converter.COLORS:
+        for shape in converter.SHAPES:
+            for answer in ("yes", "no", color, shape):
+                target = converter.target_text(color, shape, answer)
+                assert f"{color} {shape}" in target
+                assert converter.extract_answer(target) == answer
+                assert exact_match.compute_score("easy_vqa", target, answer)["score"] == 1.0
+    assert converter.prompt_text("what shape?").startswith("<image>what shape? ")
+
+
+def test_image_attributes_come_from_the_questions():
+    questions = ["what color is the triangle?", "is there not a blue shape?", "what shape is in the image?",
+                 "does the image not contain a red shape?", "is there a circle?"]
+    answers = ["blue", "no", "circle", "no", "no"]
+    image_ids = [0, 1, 1, 2, 2]
+    # image 0: both from one question; image 1: colour from a negated "no", shape from a shape question;
+    # image 2: colour known ("not contain red" -> no), shape never determined ("is there a circle?" no)
+    assert converter.image_attributes(questions, answers, image_ids) == {0: ("blue", "triangle"), 1: ("blue", "circle")}
+
+
+def test_every_kept_easy_vqa_rationale_agrees_with_the_images_own_answers():
+    for sample in converter.load_split("train") + converter.load_split("test"):
+        if sample["answer"] in converter.COLORS:
+            assert sample["color"] == sample["answer"], sample
+        if sample["answer"] in converter.SHAPES:
+            assert sample["shape"] == sample["answer"], sample
+
+
+def test_converter_script_does_not_shadow_the_easy_vqa_package(tmp_path):
+    assert not (CONVERTER.parent / "easy_vqa.py").exists()
+    subprocess.run([sys.executable, str(CONVERTER), "--local_save_dir", str(tmp_path), "--train_size", "2",
+                    "--val_size", "1"], check=True, timeout=120)
+    assert len(pd.read_parquet(tmp_path / "train.parquet")) == 2
+
+
 def test_converter_writes_verl_rl_parquet(tmp_path):
     import easy_vqa
 
-    converter = _load_converter()
     outputs = converter.main(["--local_save_dir", str(tmp_path), "--train_size", "6", "--val_size", "3", "--seed", "1"])
     train = pd.read_parquet(outputs["train"])
     test = pd.read_parquet(outputs["test"])
@@ -93,6 +130,8 @@ def test_converter_writes_verl_rl_parquet(tmp_path):
         assert row.reward_model["ground_truth"] in answers
         assert row.reward_model["ground_truth"] == row.extra_info["answer"]
         assert row.extra_info["question"] in row.prompt[0]["content"]
+        assert row.extra_info["target"] == converter.target_text(row.extra_info["color"], row.extra_info["shape"],
+                                                                 row.extra_info["answer"])
     assert train["extra_info"].map(lambda info: info["image_id"]).is_unique
     # seeded: the same flags give the same rows
     again = converter.build_rows("train", 6, seed=1)
@@ -100,10 +139,9 @@ def test_converter_writes_verl_rl_parquet(tmp_path):
 
 
 def test_converter_refuses_bad_sizes():
-    converter = _load_converter()
     with pytest.raises(ValueError, match="must be positive"):
         converter.build_rows("train", 0, seed=0)
-    with pytest.raises(ValueError, match="only 1000 images"):
+    with pytest.raises(ValueError, match=r"only \d+ usable images; asked for 1001"):
         converter.build_rows("test", 1001, seed=0)
     with pytest.raises(ValueError, match="unknown easy-vqa split"):
         converter.build_rows("validation", 2, seed=0)
@@ -116,7 +154,6 @@ def test_rows_load_through_verls_dataset_with_the_tiny_vlm_processor(tmp_path):
     from verl.utils.dataset.rl_dataset import RLHFDataset
     from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
 
-    converter = _load_converter()
     outputs = converter.main(["--local_save_dir", str(tmp_path / "data"), "--train_size", "2", "--val_size", "1"])
     model_dir = build_tiny_vlm(tmp_path / "model")
     tokenizer, processor = hf_tokenizer(model_dir), hf_processor(model_dir)

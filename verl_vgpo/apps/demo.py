@@ -71,7 +71,7 @@ def check_dataset_has_images(parquet_path: Path, image_key: str = "images") -> N
     if image_key not in frame.columns:
         raise DemoError(
             f"{parquet_path} has no '{image_key}' column: VGPO re-weights by visual focus and needs image prompts "
-            "(build one with examples/data_preprocess/easy_vqa.py)"
+            "(build one with python -m verl_vgpo.data.easy_vqa)"
         )
     without_images = [index for index, images in enumerate(frame[image_key]) if images is None or len(images) == 0]
     if without_images:
@@ -347,9 +347,9 @@ def main(argv=None) -> int:
             build_tiny_vlm(model_dir)
         if not (data_dir / "train.parquet").exists():
             print(f"building easy-vqa parquet files in {data_dir}", flush=True)
-            subprocess.run([sys.executable, str(REPO_ROOT / "examples/data_preprocess/easy_vqa.py"),
-                            "--local_save_dir", str(data_dir), "--train_size", "64", "--val_size", "16"], check=True,
-                           timeout=600)
+            from verl_vgpo.data.easy_vqa import write_splits
+
+            write_splits(data_dir, train_size=64, val_size=16)
         check_model_has_image_tokens(model_dir)
         for split_file in ("train.parquet", "test.parquet"):
             check_dataset_has_images(data_dir / split_file)

@@ -6,8 +6,11 @@ Use with verl's custom reward function hook:
     reward.custom_reward_function.name=compute_score           # strict: 1.0 or 0.0
     reward.custom_reward_function.name=compute_graded_score    # exact match, else partial credit
 
-Both return ``{"score": float, "acc": float}``; ``acc`` is always the strict exact match, so verl logs
-real accuracy even when the graded score is used for training.
+Both return ``{"score": float, "acc": float}``; ``acc`` is always the strict exact match of the final
+answer, so verl logs real accuracy even when the graded score is used for training. The final answer is
+read with :func:`verl_vgpo.data.easy_vqa.extract_answer` (the text after the last "Answer:", else the
+whole response), the one definition of the response format shared with the data and the warm start; the
+strict reward is the training reward of warm-started models (demo, experiment).
 
 Why a graded variant: a randomly initialised tiny model (CPU demos, CI) essentially never emits an exact
 answer, so a strict 0/1 reward is 0 for every rollout, every group advantage is 0 and the run shows nothing.
@@ -18,23 +21,11 @@ character-level closeness to the answer, so rollouts of one prompt get different
 from __future__ import annotations
 
 import difflib
-import re
-import string
+
+from verl_vgpo.data.easy_vqa import extract_answer, normalize_answer
 
 # the graded score stays strictly below an exact match
 PARTIAL_CREDIT_SCALE = 0.5
-
-_ANSWER_PREFIX = re.compile(r"^\s*(?:the\s+)?answer\s*(?:is)?\s*[:\-]?\s*", flags=re.IGNORECASE)
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """Lower-case, drop an "answer:" prefix, punctuation and surrounding/duplicate whitespace."""
-    if not isinstance(text, str):
-        raise TypeError(f"expected a string answer, got {type(text).__name__}: {text!r}")
-    text = _ANSWER_PREFIX.sub("", text.strip())
-    text = text.translate(_PUNCTUATION).lower()
-    return " ".join(text.split())
 
 
 def _ground_truth_text(ground_truth) -> str:
@@ -49,8 +40,8 @@ def _ground_truth_text(ground_truth) -> str:
 
 
 def exact_match(solution_str: str, ground_truth) -> float:
-    """1.0 when the normalised response equals the normalised ground truth, else 0.0."""
-    return float(normalize_answer(solution_str) == normalize_answer(_ground_truth_text(ground_truth)))
+    """1.0 when the response's normalised final answer equals the normalised ground truth, else 0.0."""
+    return float(extract_answer(solution_str) == normalize_answer(_ground_truth_text(ground_truth)))
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> dict:
@@ -64,7 +55,7 @@ def compute_graded_score(data_source, solution_str, ground_truth, extra_info=Non
     accuracy = exact_match(solution_str, ground_truth)
     if accuracy == 1.0:
         return {"score": 1.0, "acc": 1.0}
-    response = normalize_answer(solution_str)
+    response = extract_answer(solution_str)
     answer = normalize_answer(_ground_truth_text(ground_truth))
     similarity = difflib.SequenceMatcher(a=response, b=answer, autojunk=False).ratio()
     return {"score": PARTIAL_CREDIT_SCALE * similarity, "acc": 0.0}
