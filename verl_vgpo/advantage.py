@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from verl_vgpo.config import VGPOConfig
+from verl_vgpo.config import VGPOConfig, config_get
 
 METRIC_PREFIX = "vgpo/"  # every metric VGPO logs through verl's tracker
 _MINMAX_EPS = 1e-8  # Eq. 7 and Eq. 10 denominators
@@ -208,7 +208,7 @@ def base_advantage(
     if "config" in accepted:
         call["config"] = config
     if "norm_adv_by_std_in_grpo" in accepted:
-        call["norm_adv_by_std_in_grpo"] = bool(_config_get(config, "norm_adv_by_std_in_grpo", True))
+        call["norm_adv_by_std_in_grpo"] = bool(config_get(config, "norm_adv_by_std_in_grpo", True))
     for key, value in kwargs.items():
         if key in accepted and key not in call:
             call[key] = value
@@ -316,13 +316,3 @@ _MISSING_FOCUS_MESSAGE = (
     "calling the estimator directly, use verl_vgpo.advantage.compute_vgpo_advantage(..., focus_scores=...) or wrap "
     "the call in verl_vgpo.wiring.estimator.focus_scores_for_advantage(focus_scores)."
 )
-
-
-def _config_get(config: Any, key: str, default: Any) -> Any:
-    if config is None:
-        return default
-    try:
-        value = config.get(key, default)
-    except Exception:
-        value = getattr(config, key, default)
-    return default if value is None else value

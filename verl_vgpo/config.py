@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -69,7 +70,7 @@ class VGPOConfig:
         Reads its ``vgpo`` block; a missing block means the defaults. For the block itself use
         :meth:`from_mapping`.
         """
-        block = _get(algorithm_config, "vgpo")
+        block = config_get(algorithm_config, "vgpo")
         return cls.from_mapping(block)
 
     @classmethod
@@ -95,15 +96,17 @@ class VGPOConfig:
         return cls(**values)
 
 
-def _get(node: Any, key: str) -> Any:
-    if node is None:
-        return None
-    if isinstance(node, Mapping):
-        return node.get(key)
-    try:  # DictConfig in struct mode raises on missing keys; dataclasses use attributes
-        return node.get(key)  # type: ignore[union-attr]
-    except Exception:
-        return getattr(node, key, None)
+def config_get(node: Any, key: str, default: Any = None) -> Any:
+    """The value at the dotted ``key`` below ``node``; ``default`` where a level is missing or None.
+
+    Reads every form verl's config takes: DictConfig (also in struct mode), dict, verl's dataclass
+    configs and other attribute objects.
+    """
+    for part in key.split("."):
+        if node is None:
+            return default
+        node = node.get(part) if isinstance(node, Mapping) else getattr(node, part, None)
+    return default if node is None else node
 
 
 def _to_plain(value: Any) -> Any:
@@ -117,46 +120,45 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-_BOOL_KEYS = ("intra_trajectory", "inter_trajectory", "gate")
-_FLOAT_KEYS = (
-    "compensation_strength",
-    "compensation_start",
-    "compensation_exponent",
-    "compensation_step",
-    "gate_start",
-    "gate_top_ratio",
-)
-_PAIR_KEYS = ("token_weight_clip", "trajectory_weight_clip")
-_STR_KEYS = ("base_estimator", "compensation", "accumulation")
+# field name -> declared type (the annotations are strings under ``from __future__ import annotations``)
+_FIELD_TYPES: dict[str, Any] = typing.get_type_hints(VGPOConfig)
+_PAIR = tuple[float, float]
+_NAMES = tuple[str, ...]
+
+
+def _keys_of(kind: Any) -> tuple[str, ...]:
+    return tuple(key for key, declared in _FIELD_TYPES.items() if declared == kind)
 
 
 def _coerce(key: str, raw: Any) -> Any:
+    """A raw config value as the type its field declares, or VGPOConfigError naming the key."""
     name = f"algorithm.vgpo.{key}"
-    if key in _BOOL_KEYS:
+    kind = _FIELD_TYPES[key]
+    if kind is bool:
         if not isinstance(raw, bool):
             raise VGPOConfigError(f"{name} must be true or false, got {raw!r}")
         return raw
-    if key in _FLOAT_KEYS:
+    if kind is float:
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
             raise VGPOConfigError(f"{name} must be a number, got {raw!r}")
         return float(raw)
-    if key in _PAIR_KEYS:
+    if kind == _PAIR:
         if isinstance(raw, (str, bytes)) or not hasattr(raw, "__len__") or len(raw) != 2:
             raise VGPOConfigError(f"{name} must be a pair [low, high], got {raw!r}")
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in raw):
             raise VGPOConfigError(f"{name} must hold two numbers [low, high], got {raw!r}")
         return (float(raw[0]), float(raw[1]))
-    if key in _STR_KEYS:
+    if kind is str:
         if not isinstance(raw, str):
             raise VGPOConfigError(f"{name} must be a string, got {raw!r}")
         return raw
-    if key == "visual_tokens":
+    if kind == _NAMES:
         if isinstance(raw, str):
             raw = [raw]
-        if not isinstance(raw, (list, tuple)):
-            raise VGPOConfigError(f"{name} must be a list drawn from {list(VISUAL_TOKEN_KINDS)}, got {raw!r}")
+        if not isinstance(raw, (list, tuple)) or not all(isinstance(v, str) for v in raw):
+            raise VGPOConfigError(f"{name} must be a list of names, got {raw!r}")
         return tuple(raw)
-    raise AssertionError(key)  # unreachable: unknown keys are rejected before
+    raise TypeError(f"VGPOConfig.{key}: no coercion for its declared type {kind!r}")
 
 
 def _validate(cfg: VGPOConfig) -> None:
@@ -169,10 +171,10 @@ def _validate(cfg: VGPOConfig) -> None:
         fail("compensation", f"allowed values are {', '.join(COMPENSATION_SCHEDULES)}")
     if cfg.accumulation not in ACCUMULATIONS:
         fail("accumulation", f"allowed values are {', '.join(ACCUMULATIONS)}")
-    for key in _BOOL_KEYS:
+    for key in _keys_of(bool):
         if not isinstance(getattr(cfg, key), bool):
             fail(key, "must be true or false")
-    for key in _FLOAT_KEYS:
+    for key in _keys_of(float):
         value = getattr(cfg, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             fail(key, "must be a finite number")
@@ -185,7 +187,7 @@ def _validate(cfg: VGPOConfig) -> None:
         fail("compensation_start", "must be < 1 for the linear and exponential schedules")
     if cfg.compensation_exponent <= 0:
         fail("compensation_exponent", "must be > 0")
-    for key in _PAIR_KEYS:
+    for key in _keys_of(_PAIR):
         low, high = getattr(cfg, key)
         if not (math.isfinite(low) and math.isfinite(high)):
             fail(key, "bounds must be finite numbers")

@@ -77,3 +77,34 @@ def test_block_must_be_a_mapping():
 def test_direct_construction_is_validated_too():
     with pytest.raises(VGPOConfigError, match="algorithm.vgpo.compensation"):
         VGPOConfig(compensation="cubic")
+
+
+def test_config_get_reads_every_form_of_verls_config():
+    from dataclasses import dataclass as plain_dataclass
+
+    from verl_vgpo.config import config_get
+
+    @plain_dataclass
+    class Actor:
+        strategy: str = "fsdp2"
+
+    struct = OmegaConf.create({"actor_rollout_ref": {"actor": {"strategy": "fsdp2"}}, "trainer": {"use_v1": None}})
+    OmegaConf.set_struct(struct, True)
+    for config in (struct, {"actor_rollout_ref": {"actor": {"strategy": "fsdp2"}}}, {"actor_rollout_ref": {"actor": Actor()}}):
+        assert config_get(config, "actor_rollout_ref.actor.strategy") == "fsdp2"
+        assert config_get(config, "actor_rollout_ref.actor.missing", "d") == "d"
+        assert config_get(config, "nothing.below.here") is None
+    assert config_get(struct, "trainer.use_v1", True) is True  # an explicit None reads as the default
+    assert config_get(None, "a", 1) == 1
+
+
+def test_every_field_type_has_a_coercion_that_round_trips_the_defaults():
+    import dataclasses
+
+    from verl_vgpo.config import _coerce
+
+    defaults = VGPOConfig()
+    for f in dataclasses.fields(VGPOConfig):
+        value = getattr(defaults, f.name)
+        raw = list(value) if isinstance(value, tuple) else value  # YAML gives lists
+        assert _coerce(f.name, raw) == value, f.name

@@ -39,7 +39,6 @@ import time
 from typing import Any, Optional
 
 import torch
-from omegaconf import OmegaConf
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1 import trainer_base
 from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
@@ -48,7 +47,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from verl_vgpo.wiring import compat
 from verl_vgpo.wiring.estimator import ESTIMATOR_NAME, focus_scores_for_advantage
-from verl_vgpo.config import SEQUENCE_RATIO_POLICY_LOSSES, VGPOConfig, VGPOConfigError
+from verl_vgpo.config import SEQUENCE_RATIO_POLICY_LOSSES, VGPOConfig, VGPOConfigError, config_get
 from verl_vgpo.wiring.engine import FOCUS_BACKENDS
 from verl_vgpo.wiring.keys import (
     CAPTURE_FOCUS_FLAG,
@@ -88,7 +87,7 @@ class FocusLayoutError(ValueError):
 
 def uses_vgpo(config: Any) -> bool:
     """Whether verl's full config selects the vgpo estimator."""
-    estimator = _get(_get(config, "algorithm"), "adv_estimator")
+    estimator = config_get(config, "algorithm.adv_estimator")
     return str(getattr(estimator, "value", estimator)) == ESTIMATOR_NAME
 
 
@@ -99,14 +98,12 @@ def check_vgpo_trainer_config(config: Any) -> VGPOConfig:
     scores), and sequence-ratio policy losses (there a per-token advantage weight is not the paper's
     per-token loss weight).
     """
-    vgpo_config = VGPOConfig.from_algorithm_config(_get(config, "algorithm"))
+    vgpo_config = VGPOConfig.from_algorithm_config(config_get(config, "algorithm"))
 
-    trainer = _get(config, "trainer")
-    if trainer is not None and _get(trainer, "use_v1") is False:
+    if config_get(config, "trainer.use_v1") is False:
         raise VGPOConfigError(LEGACY_TRAINER_MESSAGE)
 
-    rollout_correction = _get(_get(config, "algorithm"), "rollout_correction")
-    if rollout_correction is not None and bool(_get(rollout_correction, "bypass_mode")):
+    if bool(config_get(config, "algorithm.rollout_correction.bypass_mode", False)):
         raise VGPOConfigError(
             "algorithm.adv_estimator=vgpo cannot run with algorithm.rollout_correction.bypass_mode=true: bypass "
             "mode skips the old-log-prob forward pass, and that pass is where the actor captures the visual "
@@ -114,7 +111,7 @@ def check_vgpo_trainer_config(config: Any) -> VGPOConfig:
             "correction and recomputes old log-probs)."
         )
 
-    strategy = _get(_get(_get(config, "actor_rollout_ref"), "actor"), "strategy")
+    strategy = config_get(config, "actor_rollout_ref.actor.strategy")
     if strategy is not None and strategy not in FOCUS_BACKENDS:
         raise VGPOConfigError(
             f"algorithm.adv_estimator=vgpo cannot run with actor_rollout_ref.actor.strategy={strategy}: verl-vgpo "
@@ -122,7 +119,7 @@ def check_vgpo_trainer_config(config: Any) -> VGPOConfig:
             f"Use actor_rollout_ref.actor.strategy=fsdp2."
         )
 
-    loss_mode = _get(_get(_get(_get(config, "actor_rollout_ref"), "actor"), "policy_loss"), "loss_mode")
+    loss_mode = config_get(config, "actor_rollout_ref.actor.policy_loss.loss_mode")
     if loss_mode in SEQUENCE_RATIO_POLICY_LOSSES:
         raise VGPOConfigError(
             f"algorithm.adv_estimator=vgpo cannot run with actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode}: "
@@ -138,17 +135,6 @@ LEGACY_TRAINER_MESSAGE = (
     "trainer (trainer.use_v1=false, verl.trainer.main_ppo_v0 / RayPPOTrainer) drops the engine's extra outputs, "
     "so the visual focus scores VGPO needs never reach the advantage. Set trainer.use_v1=true."
 )
-
-
-def _get(node: Any, key: str) -> Any:
-    """``node.key`` for DictConfig, dict or attribute objects; None when absent."""
-    if node is None:
-        return None
-    if OmegaConf.is_config(node):
-        return OmegaConf.select(node, key, default=None)
-    if isinstance(node, dict):
-        return node.get(key)
-    return getattr(node, key, None)
 
 
 # --------------------------------------------------------------------------------------------------
