@@ -8,6 +8,23 @@ TRAIN_FILES=${TRAIN_FILES:-$DATA_DIR/virl39k/train.parquet}
 VAL_FILES=${VAL_FILES:-$DATA_DIR/mmk12/test.parquet}
 NNODES=${NNODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+# validation during training: "greedy" (the VGPO paper's protocol, temperature 0) or "avg8" (PAPO's:
+# 8 samples per prompt at temperature 1.0, verl logs val-core/<source>/acc/mean@8)
+VAL_PROTOCOL=${VAL_PROTOCOL:-greedy}
+
+case "$VAL_PROTOCOL" in
+    greedy) VAL_OVERRIDES=() ;;
+    avg8)
+        VAL_OVERRIDES=(
+            actor_rollout_ref.rollout.val_kwargs.n=8
+            actor_rollout_ref.rollout.val_kwargs.do_sample=true
+            actor_rollout_ref.rollout.val_kwargs.temperature=1.0
+            actor_rollout_ref.rollout.val_kwargs.top_p=1.0
+        ) ;;
+    *)
+        echo "$(basename "$0"): VAL_PROTOCOL must be greedy or avg8, got '$VAL_PROTOCOL'" >&2
+        exit 2 ;;
+esac
 
 # with dynamic batching verl checks this only at the first update, after a full rollout: check it here.
 # Each update step takes 128 prompts x 8 rollouts (config/vgpo_trainer.yaml), split over all GPUs.
@@ -26,5 +43,6 @@ run_main_ppo() {
         actor_rollout_ref.model.path="$MODEL_PATH" \
         trainer.nnodes="$NNODES" \
         trainer.n_gpus_per_node="$GPUS_PER_NODE" \
+        ${VAL_OVERRIDES[@]+"${VAL_OVERRIDES[@]}"} \
         "$@"
 }

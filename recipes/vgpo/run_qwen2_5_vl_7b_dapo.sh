@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # DAPO baseline for the VGPO 7B recipe, expressed with verl 0.9.1's own switches on top of the identical
-# settings of config/vgpo_trainer.yaml (which already has DAPO's clip-higher 0.2/0.28, token-mean loss
-# and no KL):
-#   - dynamic sampling: algorithm.filter_groups drops prompt groups whose 8 rollouts all have the same
-#     accuracy and refills the batch (the v1 ReplayBuffer; max_inflight_gen_batches bounds refills);
-#   - overlong reward shaping: the "dapo" reward manager subtracts up to penalty_factor for responses
-#     that run into the last OVERLONG_BUFFER tokens before max_response_length.
+# settings of config/vgpo_trainer.yaml (which already has DAPO's clip-higher 0.2/0.28, token-mean loss,
+# no KL and dynamic sampling: algorithm.filter_groups drops prompt groups whose 8 rollouts all have the
+# same accuracy and refills the batch, as the VGPO authors' online filtering does for every method).
+# What this script adds is DAPO's overlong reward shaping: the "dapo" reward manager subtracts up to
+# penalty_factor for responses that run into the last OVERLONG_BUFFER tokens before max_response_length.
 #
 # Usage: NNODES=1 bash recipes/vgpo/run_qwen2_5_vl_7b_dapo.sh [extra hydra overrides...]
 set -euo pipefail
@@ -25,9 +24,6 @@ run_main_ppo \
     actor_rollout_ref.actor.clip_ratio_high=0.28 \
     actor_rollout_ref.actor.loss_agg_mode=token-mean \
     algorithm.adv_estimator=grpo \
-    algorithm.filter_groups.enable=true \
-    algorithm.filter_groups.metric=acc \
-    algorithm.filter_groups.max_inflight_gen_batches=3 \
     reward.reward_manager.name=dapo \
     +reward.reward_kwargs.max_resp_len="$MAX_RESPONSE_LENGTH" \
     +reward.reward_kwargs.overlong_buffer_cfg.enable=true \

@@ -13,6 +13,7 @@ import os
 import stat
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -141,15 +142,104 @@ def test_vgpo_7b_script_is_the_papers_setup(recorder, tmp_path):
     assert actor.loss_agg_mode == "token-mean" and actor.policy_loss.loss_mode == "vanilla"
     assert (config.data.max_prompt_length, config.data.max_response_length) == (4096, 2048)
     assert (rollout.prompt_length, rollout.response_length) == (4096, 2048)
-    assert rollout.temperature == 1.0 and rollout.name == "vllm"
+    assert rollout.temperature == 1.0 and rollout.top_p == 0.99 and rollout.name == "vllm"
     assert rollout.val_kwargs.temperature == 0 and rollout.val_kwargs.do_sample is False
+    assert rollout.val_kwargs.n == 1
     assert config.trainer.total_epochs == 2
     assert (config.trainer.nnodes, config.trainer.n_gpus_per_node) == (1, 8)
     assert actor.strategy == "fsdp2" and config.actor_rollout_ref.ref.strategy == "fsdp2"
     assert config.algorithm.adv_estimator == "vgpo"
     assert config.reward.custom_reward_function.path == "pkg://verl_vgpo.rewards.math_boxed"
+    assert config.reward.custom_reward_function.reward_kwargs.mode == "strict"
+    assert config.reward.custom_reward_function.reward_kwargs.format_weight == 0.0
+    # the authors' online filtering: groups whose rollouts all score the same accuracy are dropped
+    filter_groups = config.algorithm.filter_groups
+    assert filter_groups.enable is True and filter_groups.metric == "acc"
     vgpo = validate_like_verl(config)[2]
     assert (vgpo.compensation_strength, vgpo.gate_start, vgpo.gate_top_ratio) == (0.3, 0.5, 0.2)
+
+
+def test_paper_recipes_grade_with_the_authors_strict_rule(recorder, tmp_path):
+    """The reward verl loads from the recipe is strict: an option letter with its value is wrong."""
+    reward_fn = validate_like_verl(compose_script("run_qwen2_5_vl_7b_vgpo.sh", recorder, tmp_path))[4]
+    assert reward_fn(data_source="mmk12", solution_str="\\boxed{(B) 12}", ground_truth="B", extra_info={})["acc"] == 0.0
+    assert reward_fn(data_source="mmk12", solution_str="\\boxed{B}", ground_truth="B", extra_info={})["acc"] == 1.0
+    lenient = compose_script(
+        "run_qwen2_5_vl_7b_vgpo.sh", recorder, tmp_path, extra_args=["reward.custom_reward_function.reward_kwargs.mode=lenient"]
+    )
+    reward_fn = validate_like_verl(lenient)[4]
+    assert reward_fn(data_source="mmk12", solution_str="\\boxed{(B) 12}", ground_truth="B", extra_info={})["acc"] == 1.0
+
+
+def test_filter_groups_is_what_verls_v1_trainer_reads(recorder, tmp_path):
+    """The V1 trainer resolves the replay buffer's group metric from these keys (and refuses a missing one)."""
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    for script in ("run_qwen2_5_vl_7b_vgpo.sh", "run_qwen2_5_vl_7b_grpo.sh", "run_qwen2_5_vl_7b_dapo.sh"):
+        config = compose_script(script, recorder, tmp_path)
+        # the method reads only self.config: called on a stand-in holding the composed config
+        assert PPOTrainer._resolve_filter_groups_metric(SimpleNamespace(config=config)) == "acc", script
+
+
+def test_avg8_validation_protocol_is_an_option(recorder, tmp_path):
+    """VAL_PROTOCOL=avg8: PAPO's protocol (8 samples at temperature 1.0) for validation during training."""
+    config = compose_script("run_qwen2_5_vl_7b_vgpo.sh", recorder, tmp_path, extra_env={"VAL_PROTOCOL": "avg8"})
+    _, rollout, _, _, _ = validate_like_verl(config)
+    assert (rollout.val_kwargs.n, rollout.val_kwargs.temperature, rollout.val_kwargs.top_p) == (8, 1.0, 1.0)
+    assert rollout.val_kwargs.do_sample is True
+    greedy = compose_script("run_qwen2_5_vl_7b_vgpo.sh", recorder, tmp_path, extra_env={"VAL_PROTOCOL": "greedy"})
+    assert _flat(greedy) == _flat(compose_script("run_qwen2_5_vl_7b_vgpo.sh", recorder, tmp_path))
+    result = subprocess.run(
+        ["bash", str(RECIPE_DIR / "run_qwen2_5_vl_7b_vgpo.sh")],
+        env={**os.environ, "VAL_PROTOCOL": "avg@8", "PYTHON": "false"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "VAL_PROTOCOL must be greedy or avg8" in result.stderr
+
+
+def test_qwen3_5_script_mirrors_the_qwen3_vl_8b_one(recorder, tmp_path):
+    """Same training setup and parallelism as the Qwen3-VL-8B script; only the model and run name differ."""
+    qwen3_5 = compose_script("run_qwen3_5_9b_vgpo.sh", recorder, tmp_path)
+    assert qwen3_5.actor_rollout_ref.model.path == "Qwen/Qwen3.5-9B"
+    assert qwen3_5.data.image_patch_size == 16
+    assert qwen3_5.actor_rollout_ref.rollout.tensor_model_parallel_size == 2
+    assert qwen3_5.algorithm.adv_estimator == "vgpo"
+    flat_qwen3_5, flat_qwen3_vl = _flat(qwen3_5), _flat(compose_script("run_qwen3_vl_8b_vgpo.sh", recorder, tmp_path))
+    differences = {key for key in set(flat_qwen3_5) | set(flat_qwen3_vl) if flat_qwen3_5.get(key) != flat_qwen3_vl.get(key)}
+    naming = {"trainer.experiment_name", "trainer.default_local_dir", "actor_rollout_ref.rollout.trace.experiment_name"}
+    # prometheus.served_model_name interpolates the model path
+    model_path_keys = {"actor_rollout_ref.model.path", "actor_rollout_ref.rollout.prometheus.served_model_name"}
+    assert differences - naming == model_path_keys
+
+
+def test_qwen3_5_script_builds_verls_model_config_for_a_qwen3_5_model(recorder, tmp_path):
+    """verl's HFModelConfig with a tiny offline Qwen3.5 (its real config, processor and token ids)."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
+
+    model_dir = build_tiny_vlm(tmp_path / "tiny_qwen3_5", seed=0, family="qwen3_5")
+    config = compose_script(
+        "run_qwen3_5_9b_vgpo.sh", recorder, tmp_path, extra_overrides=[f"actor_rollout_ref.model.path={model_dir}"]
+    )
+    validate_like_verl(config)
+    model = omega_conf_to_dataclass(config.actor_rollout_ref.model)
+    assert model.hf_config.model_type == "qwen3_5"
+    assert model.processor is not None and model.processor.image_processor.patch_size == 16
+
+
+def test_required_verl_file_pins_the_installed_release():
+    """verl-recipe's REQUIRED_VERL.txt (KEY=value lines): a pinned tag equal to the verl this repo tests with."""
+    import verl
+
+    lines = (RECIPE_DIR / "REQUIRED_VERL.txt").read_text().splitlines()
+    fields = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    assert fields["MODE"] == "pinned_tag"
+    assert fields["TAG"] == f"v{verl.__version__}" == "v0.9.1"
+    assert fields["PIP_INSTALL"] == "pip install 'verl[verl-core]==0.9.1'"
+    assert fields["UPSTREAM"] == "https://github.com/verl-project/verl.git"
 
 
 def test_recipe_config_declares_every_vgpo_key_at_its_default(recorder, tmp_path):
@@ -207,11 +297,10 @@ def test_baselines_differ_from_vgpo_only_in_the_algorithm(recorder, tmp_path):
 
     naming = {"trainer.experiment_name", "trainer.default_local_dir", "actor_rollout_ref.rollout.trace.experiment_name"}
     assert differences(grpo) - naming == {"algorithm.adv_estimator"}
+    # online filtering is part of the shared setup (the authors filter for every method)
+    assert vgpo["algorithm.filter_groups.enable"] is grpo["algorithm.filter_groups.enable"] is True
     dapo_switches = {
         "algorithm.adv_estimator",
-        "algorithm.filter_groups.enable",
-        "algorithm.filter_groups.metric",
-        "algorithm.filter_groups.max_inflight_gen_batches",
         "reward.reward_manager.name",
         "reward.reward_kwargs.max_resp_len",
         "reward.reward_kwargs.overlong_buffer_cfg.enable",
