@@ -10,6 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["verl_vgpo", "verl_vgpo.*"]),
+    # the CPU run script (examples/run_vgpo_tiny_cpu.sh links to it) ships with the package for vgpo-demo
+    package_data={"verl_vgpo.apps": ["run_vgpo_tiny_cpu.sh"]},
     install_requires=[
         "verl[verl-core]>=0.9.1,<0.10",
         "torch>=2.6",

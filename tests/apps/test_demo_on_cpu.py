@@ -1,4 +1,5 @@
-"""The demo driver's own parts: input checks before Ray starts, bounded subprocess waits, plot and summary."""
+"""The demo driver's own parts: input checks before Ray starts, bounded subprocess waits, the run script it
+ships, validation accuracy / summary.json / plot from verl's file-logger records."""
 
 from __future__ import annotations
 
@@ -76,22 +77,68 @@ def test_exit_code_and_console_metrics_are_passed_on(tmp_path):
     line = "(TaskRunnerV1 pid=1) step:2 - vgpo/focus/mean:0.25 - critic/score/mean:0.125 - num_turns/min:np.int32(2)"
     match = demo._STEP_LINE.search(line)
     assert match.group(1) == "2"
-    assert demo._parse_console_metrics(match.group(2)) == {"vgpo/focus/mean": 0.25, "critic/score/mean": 0.125}
+    assert demo._parse_console_metrics(match.group(2)) == {"vgpo/focus/mean": 0.25, "critic/score/mean": 0.125,
+                                                           "num_turns/min": 2.0}
+    assert demo._parse_console_metrics("a:np.float64(0.5) - b:x") == {"a": 0.5}
 
 
-def test_plot_and_summary_from_file_logger_records(tmp_path):
-    def record(step, **metrics):
-        return json.dumps({"step": step, "data": metrics})
+def test_the_run_script_is_package_data_and_the_examples_link_is_the_same_file():
+    import setuptools  # noqa: F401  (setup.py's package_data names the file)
 
+    assert demo.RUN_SCRIPT.is_file() and demo.RUN_SCRIPT.parent.name == "apps"
+    example = demo.REPO_ROOT / "examples" / "run_vgpo_tiny_cpu.sh"
+    assert example.is_symlink() and example.resolve() == demo.RUN_SCRIPT.resolve()
+    assert "run_vgpo_tiny_cpu.sh" in (demo.REPO_ROOT / "setup.py").read_text()
+    text = demo.RUN_SCRIPT.read_text()
+    assert "examples/" not in text.split("set -euo pipefail", 1)[1], "the script must not need a repository path"
+
+
+def _record(step, **metrics):
+    return json.dumps({"step": step, "data": metrics})
+
+
+def test_summary_json_and_plot_from_file_logger_records(tmp_path):
+    acc = "val-core/easy_vqa/acc/mean@1"
+    bins = {demo.FOCUS_BIN_METRIC.format(k): 0.1 * k for k in range(demo.FOCUS_BINS)}
     vgpo_metrics = {key: 1.0 + 0.1 * index for index, key in enumerate(
         [demo.REWARD_METRIC, demo.FOCUS_FIRST_METRIC, demo.FOCUS_LAST_METRIC, *demo.PSI_METRICS, *demo.ALPHA_METRICS])}
-    (tmp_path / "vgpo.jsonl").write_text("\n".join([record(2, **vgpo_metrics), record(1, **vgpo_metrics)]) + "\n")
-    (tmp_path / "grpo.jsonl").write_text(record(1, **{demo.REWARD_METRIC: 0.5}) + "\n")
+    lines = [_record(0, **{acc: 0.5}), _record(2, **vgpo_metrics, **bins, **{acc: 0.625}), _record(1, **vgpo_metrics, **bins)]
+    (tmp_path / "vgpo.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "grpo.jsonl").write_text(_record(1, **{demo.REWARD_METRIC: 0.5}) + "\n")
     runs = {"vgpo": demo.read_metrics(tmp_path / "vgpo.jsonl"), "grpo": demo.read_metrics(tmp_path / "grpo.jsonl")}
-    assert [r["step"] for r in runs["vgpo"]] == [1, 2]
+    assert [r["step"] for r in runs["vgpo"]] == [0, 1, 2]
+    assert demo.validation_accuracy(runs["vgpo"]) == [(0, 0.5), (2, 0.625)]
+    steps, matrix = demo.focus_position_matrix(runs["vgpo"])
+    assert steps == [1, 2] and matrix[0] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    assert demo.focus_position_matrix(runs["grpo"]) is None
+
+    summaries = {"vgpo": demo.run_summary(runs["vgpo"], 12.54), "grpo": demo.run_summary(runs["grpo"], 10.0)}
+    assert summaries["vgpo"] == {"val_acc_before": 0.5, "val_acc_after": 0.625, "steps": 2, "wall_s": 12.5}
+    # no validation logged: None, never a made-up number
+    assert summaries["grpo"] == {"val_acc_before": None, "val_acc_after": None, "steps": 1, "wall_s": 10.0}
+    demo.write_summary_json(summaries, tmp_path / "summary.json")
+    assert json.loads((tmp_path / "summary.json").read_text()) == summaries
 
     demo.plot_runs(runs, tmp_path / "demo.png")
     assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    text = demo.write_summary(runs, {"vgpo": 12.5, "grpo": 10.0}, tmp_path / "summary.md", "demo.png")
+    demo.plot_runs({"grpo": runs["grpo"]}, tmp_path / "no_focus.png")  # no pos_bin metrics: still a plot
+    text = demo.write_summary(runs, summaries, tmp_path / "summary.md", "demo.png")
     assert "## vgpo: 2 steps, wall 12.5s" in text and "## grpo: 1 steps, wall 10.0s" in text
+    assert "| vgpo | 2 | 0.5 | 0.625 | 12.5 |" in text
     assert f"| 2 | {vgpo_metrics[demo.REWARD_METRIC]:.4g} |" in text
+
+
+def test_missing_easy_vqa_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_easy_vqa(name, *args, **kwargs):
+        if name == "easy_vqa":
+            raise ImportError("No module named 'easy_vqa'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_easy_vqa)
+    with pytest.raises(demo.DemoError, match="easy-vqa package is not installed"):
+        demo.prepare_inputs(tmp_path / "model", tmp_path / "data", "qwen2_5_vl", 8, 4)
+    assert not (tmp_path / "model").exists()

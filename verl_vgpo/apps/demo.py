@@ -1,14 +1,17 @@
-"""``make demo``: VGPO (and GRPO for comparison) through verl's real ``main_ppo`` on a CPU-only machine.
+"""``make demo``: VGPO (and GRPO for comparison) learning through verl's real ``main_ppo`` on a CPU-only machine.
 
-    python -m verl_vgpo.apps.demo --algo vgpo --steps 4 --out artifacts/demo
-    python -m verl_vgpo.apps.demo --algo both --steps 4 --out artifacts/demo    # vgpo then grpo, one plot
+    vgpo-demo                                   # warm start, then VGPO; greedy validation before and after
+    vgpo-demo --algo both --steps 4 --out artifacts/demo
 
-For each algorithm it runs ``examples/run_vgpo_tiny_cpu.sh`` (the documented command: ``python -m
-verl.trainer.main_ppo`` with the CPU settings) in a subprocess, with a hard wall-clock limit. The script
-builds the tiny random Qwen2.5-VL and the easy-vqa parquet files when they are missing. Progress is
-printed per step; verl's ``file`` logger writes every step's metrics to ``<out>/<algo>/metrics.jsonl``.
-Afterwards the demo writes ``<out>/demo.png`` (reward, focus in the first vs last third of responses, psi
-and alpha ranges over steps) and ``<out>/summary.md``.
+Steps: (1) the warm-started tiny VLM (verl_vgpo.cpu.warm_start: supervised on easy-vqa, cached), (2) easy-vqa
+parquet files with VAL_SIZE held-out test questions (verl_vgpo.data.easy_vqa), (3) per algorithm the CPU
+run script shipped with the package (``run_vgpo_tiny_cpu.sh``, the same file as
+examples/run_vgpo_tiny_cpu.sh: ``python -m verl.trainer.main_ppo`` with the CPU settings) in a subprocess with
+a hard wall-clock limit, strict 0/1 reward, greedy validation before the first step and after the last.
+Progress is printed per step; verl's ``file`` logger writes every step's metrics to ``<out>/<algo>/metrics.jsonl``.
+Afterwards: ``<out>/demo.png`` (validation accuracy, reward, focus over response position per step, focus
+first vs last third, psi and alpha ranges), ``<out>/summary.json``
+(``{algo: {val_acc_before, val_acc_after, steps, wall_s}}``) and ``<out>/summary.md``.
 """
 
 from __future__ import annotations
@@ -25,18 +28,34 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-RUN_SCRIPT = REPO_ROOT / "examples" / "run_vgpo_tiny_cpu.sh"
+# package data (setup.py); examples/run_vgpo_tiny_cpu.sh is a link to this file
+RUN_SCRIPT = Path(__file__).resolve().with_name("run_vgpo_tiny_cpu.sh")
 ALGORITHMS = ("vgpo", "grpo")
 
 REWARD_METRIC = "critic/score/mean"
-ACCURACY_METRIC = "acc/mean"  # not always present: verl logs reward extra info only for validation
 STEP_TIME_METRIC = "timing_s/step"
 FOCUS_FIRST_METRIC = "vgpo/focus/first_third"
 FOCUS_LAST_METRIC = "vgpo/focus/last_third"
+FOCUS_BIN_METRIC = "vgpo/focus/pos_bin_{}"
+FOCUS_BINS = 5  # verl_vgpo.advantage.FOCUS_POSITION_BINS (not imported: keeps this module free of torch)
 PSI_METRICS = ("vgpo/token_weight/min", "vgpo/token_weight/mean", "vgpo/token_weight/max")
 ALPHA_METRICS = ("vgpo/trajectory_weight/min", "vgpo/trajectory_weight/mean", "vgpo/trajectory_weight/max")
 PROGRESS_METRICS = (REWARD_METRIC, "vgpo/focus/mean", FOCUS_FIRST_METRIC, FOCUS_LAST_METRIC, *PSI_METRICS[::2],
                     *ALPHA_METRICS[::2], STEP_TIME_METRIC)
+# greedy validation accuracy as verl logs it: val-core/<data_source>/<reward key>/mean@<n>
+VAL_ACC_PATTERN = re.compile(r"^val-core/[^/]+/acc/mean@\d+$")
+
+# The demo's settings (run-script knobs). Chosen from measurements on 2 CPU cores (README, issue 12).
+DEMO_SETTINGS = {
+    "TRAIN_SIZE": 1024,
+    "VAL_SIZE": 200,
+    "BATCH_SIZE": 16,
+    "ROLLOUT_N": 8,
+    "LR": 1e-3,
+    "RESPONSE_LENGTH": 32,
+    "REWARD_FN": "compute_score",
+}
+DEMO_STEPS = 20
 
 _STEP_LINE = re.compile(r"\bstep:(\d+) - (.*)$")
 
@@ -103,10 +122,14 @@ def _format_progress(step: int, metrics: dict[str, float]) -> str:
     return "  ".join(parts)
 
 
+_NUMPY_SCALAR = re.compile(r"^np\.\w+\((.*)\)$")
+
+
 def _parse_console_metrics(text: str) -> dict[str, float]:
     metrics = {}
     for item in text.split(" - "):
         key, _, value = item.partition(":")
+        value = _NUMPY_SCALAR.sub(r"\1", value.strip())  # verl prints numpy scalars as np.float64(0.5)
         try:
             metrics[key.strip()] = float(value.strip())
         except ValueError:
@@ -115,11 +138,16 @@ def _parse_console_metrics(text: str) -> dict[str, float]:
 
 
 def run_main_ppo(algo: str, steps: int, out_dir: Path, model_dir: Path, data_dir: Path, timeout_s: float,
-                 extra_overrides: list[str] | None = None, quiet: bool = False) -> dict:
-    """Run examples/run_vgpo_tiny_cpu.sh for one algorithm; returns {"wall_s", "metrics_path", "log_path"}."""
+                 extra_overrides: list[str] | None = None, quiet: bool = False, knobs: dict | None = None,
+                 run_name: str | None = None, cwd: Path | None = None) -> dict:
+    """Run the CPU run script for one algorithm into ``out_dir/<run_name or algo>``.
+
+    ``knobs`` are the script's environment knobs (TRAIN_SIZE, LR, SEED, ...); ``extra_overrides`` go to
+    main_ppo as Hydra overrides. Returns {"wall_s", "metrics_path", "log_path", "run_dir"}.
+    """
     if algo not in ALGORITHMS:
         raise DemoError(f"--algo must be one of {ALGORITHMS} (or both), got {algo!r}")
-    run_dir = out_dir / algo
+    run_dir = out_dir / (run_name or algo)
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
     log_path = run_dir / "main_ppo.log"
@@ -127,6 +155,7 @@ def run_main_ppo(algo: str, steps: int, out_dir: Path, model_dir: Path, data_dir
         metrics_path.unlink()  # verl's file logger appends per run; never mix two runs
     env = dict(
         os.environ,
+        **{key: str(value) for key, value in (knobs or {}).items()},
         ALGO=algo,
         STEPS=str(steps),
         OUT_DIR=str(run_dir),
@@ -136,24 +165,25 @@ def run_main_ppo(algo: str, steps: int, out_dir: Path, model_dir: Path, data_dir
         VERL_FILE_LOGGER_PATH=str(metrics_path),
     )
     command = ["bash", str(RUN_SCRIPT), *(extra_overrides or [])]
+    label = run_name or algo
 
     def show_step(line: str) -> None:
         match = _STEP_LINE.search(line)
         if match and not quiet:
-            print(f"[{algo}] {_format_progress(int(match.group(1)), _parse_console_metrics(match.group(2)))}", flush=True)
+            print(f"[{label}] {_format_progress(int(match.group(1)), _parse_console_metrics(match.group(2)))}", flush=True)
 
     start = time.monotonic()
-    return_code = stream_subprocess(command, REPO_ROOT, env, log_path, timeout_s, show_step)
+    return_code = stream_subprocess(command, cwd or run_dir, env, log_path, timeout_s, show_step)
     wall_s = time.monotonic() - start
     if return_code is None:
-        raise DemoError(f"{algo}: main_ppo did not finish within {timeout_s:.0f}s and was stopped; log: {log_path}")
+        raise DemoError(f"{label}: main_ppo did not finish within {timeout_s:.0f}s and was stopped; log: {log_path}")
     if return_code != 0:
-        raise DemoError(f"{algo}: main_ppo failed (exit code {return_code}):\n{_error_excerpt(log_path)}\nfull log: {log_path}")
+        raise DemoError(f"{label}: main_ppo failed (exit code {return_code}):\n{_error_excerpt(log_path)}\nfull log: {log_path}")
     if not metrics_path.is_file():
-        raise DemoError(f"{algo}: main_ppo finished but wrote no metrics file {metrics_path}")
+        raise DemoError(f"{label}: main_ppo finished but wrote no metrics file {metrics_path}")
     if not quiet:
-        print(f"[{algo}] finished {steps} steps in {wall_s:.1f}s (metrics: {metrics_path})", flush=True)
-    return {"wall_s": wall_s, "metrics_path": metrics_path, "log_path": log_path}
+        print(f"[{label}] finished {steps} steps in {wall_s:.1f}s (metrics: {metrics_path})", flush=True)
+    return {"wall_s": wall_s, "metrics_path": metrics_path, "log_path": log_path, "run_dir": run_dir}
 
 
 def stream_subprocess(command: list[str], cwd: Path, env: dict, log_path: Path, timeout_s: float, on_line) -> int | None:
@@ -241,78 +271,141 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     steps, values = [], []
     for record in records:
         value = record.get(key)
-        if value is not None and math.isfinite(float(value)):
+        if isinstance(value, (int, float)) and math.isfinite(float(value)):
             steps.append(record["step"])
             values.append(float(value))
     return steps, values
 
 
-def plot_runs(runs: dict[str, list[dict]], png_path: Path) -> None:
+def validation_accuracy(records: list[dict]) -> list[tuple[int, float]]:
+    """[(step, greedy validation accuracy)] from verl's ``val-core/<source>/acc/mean@n`` (step 0: before
+    training; the mean over data sources when there are several)."""
+    points = []
+    for record in records:
+        values = [float(value) for key, value in record.items()
+                  if VAL_ACC_PATTERN.match(key) and isinstance(value, (int, float))]
+        if values:
+            points.append((record["step"], sum(values) / len(values)))
+    return points
+
+
+def focus_position_matrix(records: list[dict]) -> tuple[list[int], list[list[float]]] | None:
+    """(steps, [step][bin] mean focus) from ``vgpo/focus/pos_bin_{k}``; None when no step logged them."""
+    keys = [FOCUS_BIN_METRIC.format(k) for k in range(FOCUS_BINS)]
+    rows = [(record["step"], [float(record.get(key, math.nan)) for key in keys])
+            for record in records if any(key in record for key in keys)]
+    if not rows:
+        return None
+    return [step for step, _ in rows], [values for _, values in rows]
+
+
+def run_summary(records: list[dict], wall_s: float) -> dict:
+    """``{"val_acc_before", "val_acc_after", "steps", "wall_s"}`` of one run (accuracies None when not logged)."""
+    accuracy = validation_accuracy(records)
+    before = [value for step, value in accuracy if step == 0]
+    trained = [record["step"] for record in records if record["step"] >= 1]
+    last = max(trained, default=0)
+    after = [value for step, value in accuracy if step == last and last >= 1]
+    return {"val_acc_before": before[0] if before else None, "val_acc_after": after[0] if after else None,
+            "steps": len(trained), "wall_s": round(float(wall_s), 1)}
+
+
+def write_summary_json(summaries: dict[str, dict], path: Path) -> dict:
+    path.write_text(json.dumps(summaries, indent=2, sort_keys=True) + "\n")
+    return summaries
+
+
+def _heat_map(axis, figure, matrix, title: str) -> None:
+    if matrix is None:
+        axis.text(0.5, 0.5, "vgpo/focus/pos_bin_k not logged", ha="center", va="center", transform=axis.transAxes)
+        axis.set(title=title, xticks=[], yticks=[])
+        return
+    import numpy as np
+
+    steps, values = matrix
+    image = axis.imshow(np.array(values, dtype=float).T, aspect="auto", origin="lower", cmap="viridis",
+                        extent=(steps[0] - 0.5, steps[-1] + 0.5, 0, 1), interpolation="nearest")
+    axis.set(title=title, xlabel="step", ylabel="position in response (0 = start)")
+    figure.colorbar(image, ax=axis, label="mean focus")
+
+
+def plot_runs(runs: dict[str, list[dict]], png_path: Path, title: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    figure, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    reward_axis, focus_axis, psi_axis, alpha_axis = axes.ravel()
+    figure, axes = plt.subplots(2, 3, figsize=(15, 8))
+    accuracy_axis, reward_axis, heat_axis, focus_axis, psi_axis, alpha_axis = axes.ravel()
 
     for algo, records in runs.items():
+        points = validation_accuracy(records)
+        if points:
+            accuracy_axis.plot(*zip(*points), marker="o", label=algo)
         steps, values = _series(records, REWARD_METRIC)
-        reward_axis.plot(steps, values, marker="o", label=algo)
-    reward_axis.set(title="reward (mean score per step)", xlabel="step", ylabel=REWARD_METRIC)
-    reward_axis.legend()
+        reward_axis.plot(steps, values, marker=".", label=algo)
+    accuracy_axis.set(title="greedy validation accuracy (step 0: before RL)", xlabel="step", ylabel="exact match")
+    reward_axis.set(title="training reward (strict 0/1, mean per step)", xlabel="step", ylabel=REWARD_METRIC)
+    for axis in (accuracy_axis, reward_axis):
+        if axis.lines:
+            axis.legend()
 
     vgpo_records = runs.get("vgpo", [])
+    _heat_map(heat_axis, figure, focus_position_matrix(vgpo_records), "VGPO focus along the response, per step")
     for key, label in ((FOCUS_FIRST_METRIC, "first third"), (FOCUS_LAST_METRIC, "last third")):
         steps, values = _series(vgpo_records, key)
-        focus_axis.plot(steps, values, marker="o", label=label)
+        focus_axis.plot(steps, values, marker=".", label=label)
     focus_axis.set(title="VGPO visual focus (cosine) along responses", xlabel="step", ylabel="mean focus")
-    focus_axis.legend()
+    if focus_axis.lines:
+        focus_axis.legend()
 
-    for axis, keys, title in ((psi_axis, PSI_METRICS, "token weight psi"), (alpha_axis, ALPHA_METRICS, "trajectory weight alpha")):
+    for axis, keys, name in ((psi_axis, PSI_METRICS, "token weight psi"), (alpha_axis, ALPHA_METRICS, "trajectory weight alpha")):
         (_, low), (_, mean), (_, high) = (_series(vgpo_records, key) for key in keys)
         steps, _ = _series(vgpo_records, keys[1])
         if steps and len(low) == len(high) == len(steps):
             axis.fill_between(steps, low, high, alpha=0.25, label="min..max")
-        axis.plot(steps, mean, marker="o", label="mean")
-        axis.set(title=f"VGPO {title} range", xlabel="step")
-        axis.legend()
-
-    from matplotlib.ticker import MaxNLocator
+        axis.plot(steps, mean, marker=".", label="mean")
+        axis.set(title=f"VGPO {name} range", xlabel="step")
+        if axis.lines:
+            axis.legend()
 
     for axis in axes.ravel():
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    figure.suptitle("verl main_ppo on CPU: tiny random Qwen2.5-VL on easy-vqa")
+    figure.suptitle(title or "verl main_ppo on CPU: warm-started tiny Qwen2.5-VL on easy-vqa")
     figure.tight_layout()
-    figure.savefig(png_path, dpi=110)
+    figure.savefig(png_path, dpi=90)
     plt.close(figure)
 
 
-def write_summary(runs: dict[str, list[dict]], wall_times: dict[str, float], summary_path: Path, png_name: str) -> str:
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else ""
+
+
+def write_summary(runs: dict[str, list[dict]], summaries: dict[str, dict], summary_path: Path, png_name: str) -> str:
     lines = ["# VGPO demo (verl main_ppo on CPU)", "",
-             "Tiny random Qwen2.5-VL (verl_vgpo.cpu.tiny_vlm), easy-vqa images, graded exact-match reward, "
-             "rollout `hf_cpu`. A random model does not learn VQA in a few steps: this shows the pipeline and "
-             "VGPO's signals, not accuracy.", "", f"![demo]({png_name})", ""]
+             "Warm-started tiny Qwen2.5-VL (verl_vgpo.cpu.warm_start), easy-vqa, strict 0/1 reward on the final "
+             "answer, rollout `hf_cpu`; greedy validation before the first step and after the last.", "",
+             f"![demo]({png_name})", "", "| algorithm | steps | val acc before | val acc after | wall s |",
+             "|---|---|---|---|---|"]
+    for algo, summary in summaries.items():
+        lines.append(f"| {algo} | {summary['steps']} | {_cell(summary['val_acc_before'])} | "
+                     f"{_cell(summary['val_acc_after'])} | {summary['wall_s']:.1f} |")
+    lines.append("")
     for algo, records in runs.items():
-        trained = sum(1 for record in records if record["step"] >= 1)
-        lines += [f"## {algo}: {trained} steps, wall {wall_times.get(algo, float('nan')):.1f}s", ""]
+        lines += [f"## {algo}: {summaries[algo]['steps']} steps, wall {summaries[algo]['wall_s']:.1f}s", ""]
         columns = [REWARD_METRIC, STEP_TIME_METRIC]
         if algo == "vgpo":
-            columns += ["vgpo/focus/mean", FOCUS_FIRST_METRIC, FOCUS_LAST_METRIC, "vgpo/focus/last_over_first",
-                        PSI_METRICS[0], PSI_METRICS[2], ALPHA_METRICS[0], ALPHA_METRICS[2], "vgpo/no_signal_fraction"]
+            columns += ["vgpo/focus/mean", FOCUS_FIRST_METRIC, FOCUS_LAST_METRIC, PSI_METRICS[0], PSI_METRICS[2],
+                        ALPHA_METRICS[0], ALPHA_METRICS[2], "vgpo/no_signal_fraction"]
         columns = [column for column in columns if any(column in record for record in records)]
         lines.append("| step | " + " | ".join(columns) + " |")
         lines.append("|---" * (len(columns) + 1) + "|")
         for record in records:
             if record["step"] < 1:
                 continue  # validation-only record (trainer.val_before_train)
-            cells = [f"{record[column]:.4g}" if isinstance(record.get(column), (int, float)) else "" for column in columns]
-            lines.append(f"| {record['step']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {record['step']} | " + " | ".join(_cell(record.get(column)) for column in columns) + " |")
         lines.append("")
-        validation = [(record["step"], key, value) for record in records for key, value in record.items()
-                      if key.startswith("val-core/") and isinstance(value, (int, float))]
-        if validation:
-            lines += ["Validation (greedy): " + ", ".join(f"step {step} {key}={value:.4g}" for step, key, value in validation), ""]
     text = "\n".join(lines)
     summary_path.write_text(text)
     return text
@@ -321,14 +414,44 @@ def write_summary(runs: dict[str, list[dict]], wall_times: dict[str, float], sum
 # ---------------------------------------------------------------------------------------------------
 
 
+def prepare_inputs(model_dir: Path, data_dir: Path, family: str, train_size: int, val_size: int,
+                   warm_start: bool = True) -> None:
+    """The warm-started (or random) model and the easy-vqa parquet files, built when missing or stale."""
+    from verl_vgpo.data import easy_vqa
+
+    try:
+        easy_vqa._import_easy_vqa()
+    except easy_vqa.EasyVQAMissingError as error:
+        raise DemoError(str(error)) from error
+    if warm_start:
+        from verl_vgpo.cpu.warm_start import WarmStartSettings, build_warm_start
+
+        build_warm_start(model_dir, WarmStartSettings(family=family))
+    elif not (model_dir / "config.json").exists():
+        from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
+
+        build_tiny_vlm(model_dir, family=family)
+    wanted = {"train_size": train_size, "val_size": val_size, "seed": 0}
+    record_path = data_dir / "easy_vqa_settings.json"
+    if not record_path.exists() or json.loads(record_path.read_text()) != wanted:
+        print(f"building easy-vqa parquet files in {data_dir} ({train_size} train, {val_size} held-out)", flush=True)
+        easy_vqa.write_splits(data_dir, train_size=train_size, val_size=val_size, seed=0)
+        record_path.write_text(json.dumps(wanted))
+    check_model_has_image_tokens(model_dir)
+    for split_file in ("train.parquet", "test.parquet"):
+        check_dataset_has_images(data_dir / split_file)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", default="vgpo", choices=[*ALGORITHMS, "both"])
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=DEMO_STEPS)
     parser.add_argument("--out", default="artifacts/demo")
-    parser.add_argument("--model-dir", default=None, help="default: <out>/../tiny_vlm (built if missing)")
-    parser.add_argument("--data-dir", default=None, help="default: <out>/../easy_vqa (built if missing)")
-    parser.add_argument("--timeout", type=float, default=540.0, help="wall-clock limit per main_ppo run, seconds")
+    parser.add_argument("--family", default="qwen2_5_vl", help="tiny VLM family (verl_vgpo.cpu.tiny_vlm.FAMILIES)")
+    parser.add_argument("--model-dir", default=None, help="default: <out>/../tiny_vlm_warm_<family> (built if missing)")
+    parser.add_argument("--data-dir", default=None, help="default: <out>/../easy_vqa_demo (built if missing)")
+    parser.add_argument("--val-size", type=int, default=DEMO_SETTINGS["VAL_SIZE"], help="held-out questions")
+    parser.add_argument("--timeout", type=float, default=900.0, help="wall-clock limit per main_ppo run, seconds")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides passed to main_ppo")
     args = parser.parse_args(argv)
     if args.steps < 1:
@@ -336,44 +459,38 @@ def main(argv=None) -> int:
 
     out_dir = Path(args.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_dir = Path(args.model_dir).resolve() if args.model_dir else out_dir.parent / "tiny_vlm"
-    data_dir = Path(args.data_dir).resolve() if args.data_dir else out_dir.parent / "easy_vqa"
-
+    model_dir = Path(args.model_dir).resolve() if args.model_dir else out_dir.parent / f"tiny_vlm_warm_{args.family}"
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else out_dir.parent / "easy_vqa_demo"
+    knobs = {**DEMO_SETTINGS, "VAL_SIZE": args.val_size, "VAL_BEFORE_TRAIN": "True", "TEST_FREQ": args.steps,
+             "MODEL_FAMILY": args.family}
+    start = time.monotonic()
     try:
-        if not (model_dir / "config.json").exists():
-            from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
-
-            print(f"building tiny VLM in {model_dir}", flush=True)
-            build_tiny_vlm(model_dir)
-        if not (data_dir / "train.parquet").exists():
-            print(f"building easy-vqa parquet files in {data_dir}", flush=True)
-            from verl_vgpo.data.easy_vqa import write_splits
-
-            write_splits(data_dir, train_size=64, val_size=16)
-        check_model_has_image_tokens(model_dir)
-        for split_file in ("train.parquet", "test.parquet"):
-            check_dataset_has_images(data_dir / split_file)
-
+        prepare_inputs(model_dir, data_dir, args.family, knobs["TRAIN_SIZE"], args.val_size)
         algorithms = ALGORITHMS if args.algo == "both" else (args.algo,)
-        runs, wall_times = {}, {}
+        runs, summaries = {}, {}
         for algo in algorithms:
             print(f"[{algo}] python -m verl.trainer.main_ppo algorithm.adv_estimator={algo} ... "
                   f"({args.steps} steps, limit {args.timeout:.0f}s)", flush=True)
-            result = run_main_ppo(algo, args.steps, out_dir, model_dir, data_dir, args.timeout, args.overrides)
+            result = run_main_ppo(algo, args.steps, out_dir, model_dir, data_dir, args.timeout, args.overrides,
+                                  knobs=knobs)
             runs[algo] = read_metrics(result["metrics_path"])
-            wall_times[algo] = result["wall_s"]
             trained_steps = [record["step"] for record in runs[algo] if record["step"] >= 1]  # step 0: validation only
             if trained_steps != list(range(1, args.steps + 1)):
                 raise DemoError(f"{algo}: expected logged steps 1..{args.steps}, got {trained_steps}")
+            summaries[algo] = run_summary(runs[algo], result["wall_s"])
     except DemoError as error:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1
 
     png_path = out_dir / "demo.png"
     plot_runs(runs, png_path)
-    summary = write_summary(runs, wall_times, out_dir / "summary.md", png_path.name)
+    write_summary_json(summaries, out_dir / "summary.json")
+    summary = write_summary(runs, summaries, out_dir / "summary.md", png_path.name)
     print(summary)
-    print(f"plot: {png_path}\nsummary: {out_dir / 'summary.md'}")
+    for algo, item in summaries.items():
+        print(f"[{algo}] greedy validation accuracy on {args.val_size} held-out questions: "
+              f"{_cell(item['val_acc_before'])} before -> {_cell(item['val_acc_after'])} after {item['steps']} steps")
+    print(f"total {time.monotonic() - start:.0f}s\nplot: {png_path}\nsummary: {out_dir / 'summary.json'}")
     return 0
 
 

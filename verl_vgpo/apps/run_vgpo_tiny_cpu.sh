@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# VGPO (or GRPO) with verl's real `main_ppo` on a CPU-only machine: tiny random Qwen2.5-VL, easy-vqa images.
+# VGPO (or GRPO) with verl's real `main_ppo` on a CPU-only machine: tiny Qwen2.5-VL, easy-vqa images.
 #
-#   bash examples/run_vgpo_tiny_cpu.sh                      # VGPO, 4 steps
+#   bash examples/run_vgpo_tiny_cpu.sh                      # VGPO, 4 steps, warm-started tiny VLM
 #   ALGO=grpo STEPS=2 bash examples/run_vgpo_tiny_cpu.sh    # GRPO for comparison
 #   bash examples/run_vgpo_tiny_cpu.sh trainer.rollout_data_dir=/tmp/rollouts   # extra Hydra overrides
+#   WARM_START=0 REWARD_FN=compute_graded_score bash examples/run_vgpo_tiny_cpu.sh   # random model (CI smoke)
 #
-# Everything is offline: the model is built by verl_vgpo.cpu.tiny_vlm, the data comes from the easy-vqa wheel.
+# One file: examples/run_vgpo_tiny_cpu.sh is a link to verl_vgpo/apps/run_vgpo_tiny_cpu.sh, which the package
+# ships (vgpo-demo and vgpo-experiment run it from a non-editable install). It uses no repository path.
+# Everything is offline: the model is built by verl_vgpo.cpu.warm_start (supervised on easy-vqa, cached) or
+# verl_vgpo.cpu.tiny_vlm (random), the data by verl_vgpo.data.easy_vqa from the easy-vqa wheel.
 # What differs from a GPU run, and why:
 #   VERL_PLATFORM=cpu                      verl_vgpo's CPU platform (gloo, device "cpu"); exported here and passed
 #                                          to every Ray worker through ray_init.runtime_env (also on a running cluster)
@@ -25,9 +29,16 @@ OUT_DIR=${OUT_DIR:-artifacts/demo/${ALGO}}
 MODEL_DIR=${MODEL_DIR:-artifacts/tiny_vlm}
 DATA_DIR=${DATA_DIR:-artifacts/easy_vqa}
 TRAIN_SIZE=${TRAIN_SIZE:-64}
+VAL_SIZE=${VAL_SIZE:-16}
 BATCH_SIZE=${BATCH_SIZE:-4}
 ROLLOUT_N=${ROLLOUT_N:-4}
-RESPONSE_LENGTH=${RESPONSE_LENGTH:-16}
+RESPONSE_LENGTH=${RESPONSE_LENGTH:-32}
+LR=${LR:-1e-4}
+SEED=${SEED:-0}                                # data order (data.seed); the model build has its own seed
+WARM_START=${WARM_START:-1}                    # 1: build MODEL_DIR warm-started, 0: random tiny VLM
+REWARD_FN=${REWARD_FN:-compute_score}          # strict 0/1; compute_graded_score for random models
+VAL_BEFORE_TRAIN=${VAL_BEFORE_TRAIN:-False}
+TEST_FREQ=${TEST_FREQ:--1}                     # validate every N steps (and after the last); -1: never
 PYTHON=${PYTHON:-python}
 
 case "$ALGO" in
@@ -35,9 +46,12 @@ case "$ALGO" in
   *) echo "run_vgpo_tiny_cpu.sh: ALGO must be vgpo or grpo, got '$ALGO'" >&2; exit 2 ;;
 esac
 
-[ -f "$MODEL_DIR/config.json" ] || "$PYTHON" -m verl_vgpo.cpu.tiny_vlm --out "$MODEL_DIR"
+if [ ! -f "$MODEL_DIR/config.json" ]; then
+  if [ "$WARM_START" = 1 ]; then "$PYTHON" -m verl_vgpo.cpu.warm_start --out "$MODEL_DIR"
+  else "$PYTHON" -m verl_vgpo.cpu.tiny_vlm --out "$MODEL_DIR"; fi
+fi
 [ -f "$DATA_DIR/train.parquet" ] || "$PYTHON" -m verl_vgpo.data.easy_vqa \
-  --local_save_dir "$DATA_DIR" --train_size "$TRAIN_SIZE" --val_size 16
+  --local_save_dir "$DATA_DIR" --train_size "$TRAIN_SIZE" --val_size "$VAL_SIZE"
 
 mkdir -p "$OUT_DIR"
 export VERL_PLATFORM=cpu
@@ -55,12 +69,13 @@ exec "$PYTHON" -m verl.trainer.main_ppo \
   data.max_prompt_length=128 \
   data.max_response_length="$RESPONSE_LENGTH" \
   data.dataloader_num_workers=0 \
+  data.seed="$SEED" \
   actor_rollout_ref.model.path="$MODEL_DIR" \
   actor_rollout_ref.model.use_remove_padding=False \
   +actor_rollout_ref.model.override_config.attn_implementation=sdpa \
   actor_rollout_ref.actor.strategy=fsdp2 \
   actor_rollout_ref.ref.strategy=fsdp2 \
-  actor_rollout_ref.actor.optim.lr=1e-4 \
+  actor_rollout_ref.actor.optim.lr="$LR" \
   actor_rollout_ref.actor.ppo_mini_batch_size="$BATCH_SIZE" \
   actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16 \
   actor_rollout_ref.actor.use_kl_loss=False \
@@ -72,14 +87,14 @@ exec "$PYTHON" -m verl.trainer.main_ppo \
   actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16 \
   reward.num_workers=1 \
   reward.custom_reward_function.path=pkg://verl_vgpo.rewards.exact_match \
-  reward.custom_reward_function.name=compute_graded_score \
+  reward.custom_reward_function.name="$REWARD_FN" \
   transfer_queue.backend.SimpleStorage.num_data_storage_units=1 \
   trainer.device=cpu \
   trainer.n_gpus_per_node=1 \
   trainer.nnodes=1 \
   trainer.total_training_steps="$STEPS" \
-  trainer.val_before_train=False \
-  trainer.test_freq=-1 \
+  trainer.val_before_train="$VAL_BEFORE_TRAIN" \
+  trainer.test_freq="$TEST_FREQ" \
   trainer.save_freq=-1 \
   trainer.logger='[console,file]' \
   trainer.project_name=vgpo_tiny_cpu \

@@ -1,0 +1,1 @@
+../verl_vgpo/apps/run_vgpo_tiny_cpu.sh

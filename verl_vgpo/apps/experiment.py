@@ -1,0 +1,366 @@
+"""``vgpo-experiment``: GRPO vs VGPO from the same warm start, same data, same seeds, on CPU.
+
+    vgpo-experiment --out artifacts/experiment            # 3 seeds, full length (about an hour on 2 cores)
+    vgpo-experiment --quick --out artifacts/experiment    # 2 seeds, few steps (under 20 minutes)
+
+Each (algorithm, seed) is one run of verl's real ``main_ppo`` through the CPU run script shipped with the
+package (the demo's: warm-started tiny VLM, strict 0/1 reward, greedy validation before the first step and
+after the last). The settings are identical for both algorithms except ``algorithm.adv_estimator``; the seed
+sets verl's data order (``data.seed``). Nothing is tuned toward either algorithm: the demo's settings are used.
+
+Writes to ``--out``:
+  runs/<algo>_seed<k>/metrics.jsonl   each run's own metrics (verl's file logger truncates on resume)
+  report.json                         {"settings": ..., "algorithms": {algo: {"seeds", "val_acc_before",
+                                      "val_acc_after", "wall_s", per-step curves ...}}}
+  report.md                           mean ± sd tables, the measured difference against the seed spread, plots
+  curves.png, focus.png, forgetting.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from verl_vgpo.apps import demo
+
+REPORT_FORMAT = "vgpo-experiment/1"
+ALGORITHMS = ("grpo", "vgpo")
+FULL = {"seeds": 3, "steps": 20}
+QUICK = {"seeds": 2, "steps": 6}
+MIN_TIMEOUT_S = 120.0  # below this a run cannot even start Ray and validate once on 2 cores
+
+
+class ExperimentError(RuntimeError):
+    """Bad experiment input or a failed run, with the reason."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# input checks
+# ---------------------------------------------------------------------------------------------------
+
+
+def check_settings(algorithms, seeds, steps: int, knobs: dict, timeout_s: float) -> None:
+    unknown = [algo for algo in algorithms if algo not in ALGORITHMS]
+    if unknown:
+        raise ExperimentError(f"unknown algorithm(s) {unknown}; choose from {list(ALGORITHMS)}")
+    if len(set(algorithms)) != len(algorithms) or not algorithms:
+        raise ExperimentError(f"algorithms must be distinct and non-empty, got {list(algorithms)}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ExperimentError(f"seeds must be distinct and non-empty, got {list(seeds)}")
+    if steps < 1:
+        raise ExperimentError(f"budget too small to train: --steps must be >= 1, got {steps}")
+    if int(knobs["TRAIN_SIZE"]) < int(knobs["BATCH_SIZE"]) * steps:
+        raise ExperimentError(
+            f"budget too small to train: {steps} steps of {knobs['BATCH_SIZE']} prompts need at least "
+            f"{int(knobs['BATCH_SIZE']) * steps} training prompts, --train-size is {knobs['TRAIN_SIZE']}"
+        )
+    if int(knobs["VAL_SIZE"]) < 1:
+        raise ExperimentError(f"--val-size must be >= 1, got {knobs['VAL_SIZE']}")
+    if timeout_s < MIN_TIMEOUT_S:
+        raise ExperimentError(f"budget too small to train: --timeout {timeout_s:.0f}s per run is below "
+                              f"{MIN_TIMEOUT_S:.0f}s (Ray start-up and one validation alone take about that)")
+
+
+def claim_output_folder(out_dir: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse a folder holding another experiment's results (or any unrelated files) unless --overwrite."""
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return
+    report = out_dir / "report.json"
+    if overwrite:
+        if not report.exists() and not (out_dir / "settings.json").exists():
+            raise ExperimentError(f"{out_dir} is not empty and holds no experiment; --overwrite only replaces "
+                                  "an earlier experiment's results")
+        return
+    if report.exists() or (out_dir / "settings.json").exists():
+        previous = json.loads((out_dir / "settings.json").read_text()) if (out_dir / "settings.json").exists() else {}
+        what = "the same settings" if previous == settings else f"other settings ({previous})"
+        raise ExperimentError(f"{out_dir} already holds an experiment's results ({what}); nothing was overwritten. "
+                              "Use another --out folder or pass --overwrite")
+    raise ExperimentError(f"{out_dir} is not empty and holds no experiment; refusing to write into it")
+
+
+# ---------------------------------------------------------------------------------------------------
+# collecting one run
+# ---------------------------------------------------------------------------------------------------
+
+
+def _curve(records: list[dict], key: str) -> list[float | None]:
+    """Per trained step (1..N) the metric's value, None where not logged."""
+    return [float(record[key]) if isinstance(record.get(key), (int, float)) and math.isfinite(record[key]) else None
+            for record in records if record["step"] >= 1]
+
+
+def collect_run(records: list[dict], wall_s: float) -> dict:
+    """One run's numbers: validation before/after, per-step curves, focus early/late."""
+    summary = demo.run_summary(records, wall_s)
+    matrix = demo.focus_position_matrix(records)
+    return {
+        **summary,
+        "reward": _curve(records, demo.REWARD_METRIC),
+        "step_time_s": _curve(records, demo.STEP_TIME_METRIC),
+        "val_acc": demo.validation_accuracy(records),
+        "focus_first_third": _curve(records, demo.FOCUS_FIRST_METRIC),
+        "focus_last_third": _curve(records, demo.FOCUS_LAST_METRIC),
+        "focus_pos_bins": matrix[1] if matrix else None,
+    }
+
+
+def assemble_report(settings: dict, runs: dict[str, list[dict]]) -> dict:
+    """{"format", "settings", "algorithms": {algo: {"seeds": [...], field: [per seed, same order]}}}."""
+    algorithms = {}
+    for algo, seed_runs in runs.items():
+        entry = {"seeds": [run["seed"] for run in seed_runs]}
+        for field in ("val_acc_before", "val_acc_after", "steps", "wall_s", "reward", "step_time_s", "val_acc",
+                      "focus_first_third", "focus_last_third", "focus_pos_bins", "metrics_file"):
+            entry[field] = [run.get(field) for run in seed_runs]
+        algorithms[algo] = entry
+    return {"format": REPORT_FORMAT, "settings": settings, "algorithms": algorithms}
+
+
+# ---------------------------------------------------------------------------------------------------
+# statistics and the report
+# ---------------------------------------------------------------------------------------------------
+
+
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def mean_sd(values) -> tuple[float, float] | None:
+    """(mean, sample sd; 0 for one value) of the finite values, None when there are none."""
+    values = _finite(values)
+    if not values:
+        return None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _fmt(stat: tuple[float, float] | None, digits: int = 3) -> str:
+    return "n/a" if stat is None else f"{stat[0]:.{digits}f} ± {stat[1]:.{digits}f}"
+
+
+def _thirds(curve: list[float | None]) -> tuple[list[float], list[float]]:
+    values = _finite(curve)
+    third = max(1, len(values) // 3)
+    return values[:third], values[-third:]
+
+
+def algorithm_table_row(entry: dict) -> dict:
+    """Per algorithm: mean ± sd over seeds of the report's table columns (None where not measured)."""
+    per_seed_reward = [statistics.fmean(_finite(curve)) if _finite(curve) else None for curve in entry["reward"]]
+    focus_first = [statistics.fmean(_finite(c)) if _finite(c) else None for c in entry["focus_first_third"]]
+    focus_last = [statistics.fmean(_finite(c)) if _finite(c) else None for c in entry["focus_last_third"]]
+    ratio = [last / first if first and last is not None else None for first, last in zip(focus_first, focus_last)]
+    gain = [after - before if before is not None and after is not None else None
+            for before, after in zip(entry["val_acc_before"], entry["val_acc_after"])]
+    step_time = [statistics.fmean(_finite(c)) if _finite(c) else None for c in entry["step_time_s"]]
+    return {"val_acc_before": mean_sd(entry["val_acc_before"]), "val_acc_after": mean_sd(entry["val_acc_after"]),
+            "val_acc_gain": mean_sd(gain), "train_reward": mean_sd(per_seed_reward),
+            "focus_first_third": mean_sd(focus_first), "focus_last_third": mean_sd(focus_last),
+            "focus_last_over_first": mean_sd(ratio), "step_time_s": mean_sd(step_time)}
+
+
+def difference_statement(report: dict) -> str:
+    """A plain statement of VGPO minus GRPO in final validation accuracy against the seed-to-seed spread."""
+    algorithms = report["algorithms"]
+    if not {"grpo", "vgpo"} <= algorithms.keys():
+        return "Only one algorithm was run: no difference to state."
+    grpo, vgpo = (_finite(algorithms[a]["val_acc_after"]) for a in ("grpo", "vgpo"))
+    if not grpo or not vgpo:
+        return "Final validation accuracy is missing for an algorithm: no difference to state."
+    difference = statistics.fmean(vgpo) - statistics.fmean(grpo)
+    spreads = [statistics.stdev(v) for v in (grpo, vgpo) if len(v) > 1]
+    seeds = len(algorithms["vgpo"]["seeds"])
+    if not spreads:
+        return (f"Final greedy validation accuracy, VGPO minus GRPO: {difference * 100:+.1f} points with one seed; "
+                "no seed-to-seed spread was measured, so nothing can be said about whether it is more than noise.")
+    spread = max(spreads)
+    verdict = ("exceeds" if abs(difference) > spread else "does not exceed")
+    return (f"Final greedy validation accuracy, VGPO minus GRPO: {difference * 100:+.1f} points (mean over {seeds} "
+            f"seeds); the larger seed-to-seed standard deviation is {spread * 100:.1f} points, so the difference "
+            f"{verdict} the spread" + ("." if verdict == "exceeds" else " and is not evidence that either is better here."))
+
+
+def write_report_md(report: dict, path: Path, plots: list[str]) -> str:
+    settings = report["settings"]
+    lines = ["# GRPO vs VGPO on CPU (warm-started tiny VLM, easy-vqa)", "",
+             f"{len(settings['seeds'])} seeds ({', '.join(map(str, settings['seeds']))}), {settings['steps']} steps each, "
+             f"identical settings except `algorithm.adv_estimator`; greedy validation on {settings['knobs']['VAL_SIZE']} "
+             f"held-out questions before the first and after the last step. Machine: {settings['machine']}. "
+             f"Total wall time {settings.get('total_wall_s', float('nan')):.0f}s.", "",
+             "| algorithm | val acc before | val acc after | gain | train reward | focus first third | "
+             "focus last third | last/first | step time s |", "|---|---|---|---|---|---|---|---|---|"]
+    for algo, entry in report["algorithms"].items():
+        row = algorithm_table_row(entry)
+        lines.append(f"| {algo} | {_fmt(row['val_acc_before'])} | {_fmt(row['val_acc_after'])} | "
+                     f"{_fmt(row['val_acc_gain'])} | {_fmt(row['train_reward'])} | {_fmt(row['focus_first_third'])} | "
+                     f"{_fmt(row['focus_last_third'])} | {_fmt(row['focus_last_over_first'])} | "
+                     f"{_fmt(row['step_time_s'], 2)} |")
+    lines += ["", "mean ± sd over seeds; focus is computed by VGPO only (n/a for GRPO).", "",
+              difference_statement(report), ""]
+    lines += [f"![{Path(name).stem}]({name})" for name in plots]
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text
+
+
+def plot_report(report: dict, out_dir: Path) -> list[str]:
+    """curves.png (accuracy and reward per step with seed bands), focus.png (early vs late focus over
+    training), forgetting.png (focus by response position, per algorithm). Returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    def band(axis, curves, label):
+        width = max((len(c) for c in curves), default=0)
+        if not width:
+            return
+        data = np.array([[np.nan if v is None else v for v in c] + [np.nan] * (width - len(c)) for c in curves], float)
+        steps = np.arange(1, width + 1)
+        mean, sd = np.nanmean(data, axis=0), np.nanstd(data, axis=0)
+        axis.plot(steps, mean, label=label)
+        axis.fill_between(steps, mean - sd, mean + sd, alpha=0.25)
+
+    figure, (accuracy_axis, reward_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for algo, entry in report["algorithms"].items():
+        band(reward_axis, entry["reward"], algo)
+        points = [dict((int(s), v) for s, v in seed_points) for seed_points in entry["val_acc"]]
+        steps = sorted({s for seed_points in points for s in seed_points})
+        if steps:
+            values = np.array([[p.get(s, np.nan) for s in steps] for p in points], float)
+            mean, sd = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+            accuracy_axis.errorbar(steps, mean, yerr=sd, marker="o", capsize=4, label=algo)
+    accuracy_axis.set(title="greedy validation accuracy (mean ± sd over seeds)", xlabel="step", ylabel="exact match")
+    reward_axis.set(title="training reward (mean ± sd over seeds)", xlabel="step", ylabel="strict 0/1 reward")
+    for axis in (accuracy_axis, reward_axis):
+        if axis.lines:
+            axis.legend()
+    figure.tight_layout()
+    figure.savefig(out_dir / "curves.png", dpi=90)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    for algo, entry in report["algorithms"].items():
+        if any(_finite(c) for c in entry["focus_first_third"]):
+            band(axis, entry["focus_first_third"], f"{algo}: first third")
+            band(axis, entry["focus_last_third"], f"{algo}: last third")
+    axis.set(title="visual focus early vs late in responses", xlabel="step", ylabel="mean focus (cosine)")
+    if axis.lines:
+        axis.legend()
+    else:
+        axis.text(0.5, 0.5, "no focus logged", ha="center", transform=axis.transAxes)
+    figure.tight_layout()
+    figure.savefig(out_dir / "focus.png", dpi=90)
+    plt.close(figure)
+
+    algorithms = list(report["algorithms"])
+    figure, axes = plt.subplots(1, len(algorithms), figsize=(6 * len(algorithms), 4.5), squeeze=False)
+    for axis, algo in zip(axes[0], algorithms):
+        matrices = [m for m in report["algorithms"][algo]["focus_pos_bins"] if m]
+        if not matrices:
+            axis.text(0.5, 0.5, f"{algo}: no vgpo/focus/pos_bin_k logged", ha="center", transform=axis.transAxes)
+            axis.set(xticks=[], yticks=[], title=f"{algo}: focus by response position")
+            continue
+        steps = min(len(m) for m in matrices)
+        mean = np.nanmean(np.array([m[:steps] for m in matrices], float), axis=0)  # [step, bin]
+        image = axis.imshow(mean.T, aspect="auto", origin="lower", extent=(0.5, steps + 0.5, 0, 1), cmap="viridis")
+        axis.set(title=f"{algo}: focus by response position (mean over seeds)", xlabel="step",
+                 ylabel="position in response (0 = start)")
+        figure.colorbar(image, ax=axis, label="mean focus")
+    figure.tight_layout()
+    figure.savefig(out_dir / "forgetting.png", dpi=90)
+    plt.close(figure)
+    return ["curves.png", "focus.png", "forgetting.png"]
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    return f"{platform.machine()} {os.cpu_count()} logical CPUs, {platform.system()}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="artifacts/experiment")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK['seeds']} seeds, {QUICK['steps']} steps")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seed list (default 0..N-1)")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    parser.add_argument("--family", default="qwen2_5_vl")
+    parser.add_argument("--model-dir", default=None, help="default: <out>/../tiny_vlm_warm_<family>")
+    parser.add_argument("--data-dir", default=None, help="default: <out>/../easy_vqa_experiment")
+    parser.add_argument("--train-size", type=int, default=demo.DEMO_SETTINGS["TRAIN_SIZE"])
+    parser.add_argument("--val-size", type=int, default=demo.DEMO_SETTINGS["VAL_SIZE"])
+    parser.add_argument("--timeout", type=float, default=900.0, help="wall-clock limit per run, seconds")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier experiment in --out")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, passed to every run alike")
+    args = parser.parse_args(argv)
+
+    preset = QUICK if args.quick else FULL
+    seeds = args.seeds if args.seeds is not None else list(range(preset["seeds"]))
+    steps = args.steps if args.steps is not None else preset["steps"]
+    knobs = {**demo.DEMO_SETTINGS, "TRAIN_SIZE": args.train_size, "VAL_SIZE": args.val_size,
+             "VAL_BEFORE_TRAIN": "True", "TEST_FREQ": steps, "MODEL_FAMILY": args.family}
+    out_dir = Path(args.out).resolve()
+    model_dir = Path(args.model_dir).resolve() if args.model_dir else out_dir.parent / f"tiny_vlm_warm_{args.family}"
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else out_dir.parent / "easy_vqa_experiment"
+    settings = {"algorithms": args.algorithms, "seeds": seeds, "steps": steps, "family": args.family,
+                "knobs": knobs, "overrides": args.overrides, "model_dir": str(model_dir), "data_dir": str(data_dir)}
+    start = time.monotonic()
+    try:
+        check_settings(args.algorithms, seeds, steps, knobs, args.timeout)
+        claim_output_folder(out_dir, settings, args.overwrite)
+        try:
+            demo.prepare_inputs(model_dir, data_dir, args.family, args.train_size, args.val_size,
+                                warm_start=args.model_dir is None or not (model_dir / "config.json").exists())
+        except demo.DemoError as error:
+            raise ExperimentError(str(error)) from error
+        (out_dir / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
+        for stale in ("report.json", "report.md"):
+            (out_dir / stale).unlink(missing_ok=True)
+        runs: dict[str, list[dict]] = {algo: [] for algo in args.algorithms}
+        for seed in seeds:  # seed-major: a stopped experiment still has both algorithms for the first seeds
+            for algo in args.algorithms:
+                name = f"{algo}_seed{seed}"
+                print(f"[{name}] main_ppo algorithm.adv_estimator={algo} data.seed={seed}, {steps} steps", flush=True)
+                try:
+                    result = demo.run_main_ppo(algo, steps, out_dir / "runs", model_dir, data_dir, args.timeout,
+                                               args.overrides, knobs={**knobs, "SEED": seed}, run_name=name)
+                except demo.DemoError as error:
+                    raise ExperimentError(str(error)) from error
+                records = demo.read_metrics(result["metrics_path"])
+                trained = [record["step"] for record in records if record["step"] >= 1]
+                if trained != list(range(1, steps + 1)):
+                    raise ExperimentError(f"{name}: expected logged steps 1..{steps}, got {trained}")
+                run = {"seed": seed, "metrics_file": str(result["metrics_path"].relative_to(out_dir)),
+                       **collect_run(records, result["wall_s"])}
+                runs[algo].append(run)
+                print(f"[{name}] validation accuracy {run['val_acc_before']} -> {run['val_acc_after']} "
+                      f"({run['wall_s']:.0f}s)", flush=True)
+    except ExperimentError as error:
+        print(f"experiment failed: {error}", file=sys.stderr)
+        return 1
+
+    settings["machine"] = _machine()
+    settings["total_wall_s"] = round(time.monotonic() - start, 1)
+    report = assemble_report(settings, runs)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plots = plot_report(report, out_dir)
+    print(write_report_md(report, out_dir / "report.md", plots))
+    print(f"report: {out_dir / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
