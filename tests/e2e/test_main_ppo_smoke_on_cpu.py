@@ -24,6 +24,8 @@ import torch
 from verl_vgpo.apps import demo
 
 RUN_TIMEOUT_S = 300
+# the random tiny VLM never earns the strict reward: the graded one gives groups different rewards
+RANDOM_MODEL_KNOBS = {"REWARD_FN": "compute_graded_score", "RESPONSE_LENGTH": 16, "WARM_START": 0}
 TRAJECTORY_WEIGHT_CLIP = (0.9, 2.0)  # spec §4 defaults
 TOKEN_WEIGHT_CLIP = (0.1, 2.0)
 
@@ -44,7 +46,7 @@ def _run(workspace, algo: str, steps: int, name: str, overrides=()):
     out_dir = workspace["root"] / name
     rollout_dir = out_dir / "rollouts"
     result = demo.run_main_ppo(algo, steps, out_dir, workspace["model"], workspace["data"], RUN_TIMEOUT_S,
-                               [f"trainer.rollout_data_dir={rollout_dir}", *overrides], quiet=True)
+                               [f"trainer.rollout_data_dir={rollout_dir}", *overrides], quiet=True, knobs=RANDOM_MODEL_KNOBS)
     return demo.read_metrics(result["metrics_path"]), rollout_dir
 
 
