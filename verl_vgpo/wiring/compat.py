@@ -1,13 +1,40 @@
 """Workarounds for bugs of the verl / transformers versions this package supports, in one place.
 
-Each one names the versions it is for.
+Keeping them here, each one small and dated, is what lets them be deleted: every workaround is one
+section headed with the versions it is for, installs itself only when :func:`versions_match` says the
+installed versions are affected, and has a test in tests/wiring/test_compat_on_cpu.py that runs verl's
+ORIGINAL code and asserts that it still fails, so the test turns red once verl fixes the bug.
 """
 
 from __future__ import annotations
 
 import functools
+from importlib.metadata import PackageNotFoundError, version
 
 import torch
+from packaging.specifiers import SpecifierSet
+
+
+def versions_match(**specifiers: str) -> bool:
+    """True when each named distribution is installed in a version its specifier allows.
+
+    Example: ``versions_match(verl=">=0.9,<0.10", transformers=">=5")``.
+    """
+    for distribution, specifier in specifiers.items():
+        try:
+            installed = version(distribution)
+        except PackageNotFoundError:
+            return False
+        if not SpecifierSet(specifier).contains(installed, prereleases=True):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# verl 0.9.x with transformers >= 5: Qwen2/2.5-VL micro-batches without any image or video
+# ---------------------------------------------------------------------------------------------------
+
+QWEN2_VL_TEXT_ONLY_VERSIONS = {"verl": ">=0.9,<0.10", "transformers": ">=5"}
 
 
 def fix_qwen2_vl_text_only_dummy() -> None:
@@ -18,8 +45,10 @@ def fix_qwen2_vl_text_only_dummy() -> None:
     the vision tower returns an output object, and ``.mean()`` on it raises AttributeError. Text-only
     micro-batches (text prompts, the trainer's balance-padding rows) then crash. This wraps verl's
     helper: micro-batches with pixels go to it unchanged; text-only ones get the same zero-weighted
-    dummy through ``unpack_visual_output``.
+    dummy through ``unpack_visual_output``. verl's own function stays reachable as ``__wrapped__``.
     """
+    if not versions_match(**QWEN2_VL_TEXT_ONLY_VERSIONS):
+        return
     try:
         import verl.models.transformers.qwen2_vl as qwen2_vl
     except ImportError:
@@ -29,6 +58,7 @@ def fix_qwen2_vl_text_only_dummy() -> None:
         return
     from verl.utils.transformers_compat import unpack_visual_output
 
+    @functools.wraps(original)
     def get_input_embeds(model, input_ids, attention_mask=None, pixel_values=None, pixel_values_videos=None,
                          image_grid_thw=None, video_grid_thw=None):
         if pixel_values is not None or pixel_values_videos is not None:
@@ -51,12 +81,23 @@ def fix_qwen2_vl_text_only_dummy() -> None:
     qwen2_vl._get_input_embeds = get_input_embeds
 
 
+# ---------------------------------------------------------------------------------------------------
+# verl 0.9.x: the legacy trainer keeps only the log-prob outputs of the engine
+# ---------------------------------------------------------------------------------------------------
+
+LEGACY_TRAINER_VERSIONS = {"verl": ">=0.9,<0.10"}
+
+
 def install_legacy_trainer_guard() -> None:
     """Make verl's legacy ``RayPPOTrainer`` refuse adv_estimator=vgpo at construction (idempotent).
 
-    ``main_ppo`` with ``trainer.use_v1=false`` builds ``RayPPOTrainer`` in its TaskRunner before any
-    worker starts; without this guard the run would fail only at the first advantage computation.
+    For: verl 0.9.x, whose legacy trainer (``trainer.use_v1=false``) copies only log_probs, entropy,
+    routed_experts and sum_pi_squared out of the engine output, so the focus field never reaches the
+    advantage. ``main_ppo`` builds ``RayPPOTrainer`` in its TaskRunner before any worker starts; without
+    this guard the run would fail only at the first advantage computation.
     """
+    if not versions_match(**LEGACY_TRAINER_VERSIONS):
+        return
     from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
     from verl_vgpo.config import VGPOConfigError
