@@ -18,3 +18,19 @@ def tiny_vlm_path(tmp_path_factory):
     from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
 
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_of(tmp_path_factory, tiny_vlm_path):
+    """``tiny_vlm_of(family)``: the tiny checkpoint of a model family, built once per session
+    (``qwen2_5_vl`` is ``tiny_vlm_path``; see verl_vgpo.cpu.tiny_vlm.FAMILIES)."""
+    from verl_vgpo.cpu.tiny_vlm import DEFAULT_FAMILY, build_tiny_vlm
+
+    built = {DEFAULT_FAMILY: tiny_vlm_path}
+
+    def of(family: str) -> str:
+        if family not in built:
+            built[family] = build_tiny_vlm(tmp_path_factory.mktemp(f"tiny_vlm_{family}") / "model", seed=0, family=family)
+        return built[family]
+
+    return of

@@ -1,4 +1,4 @@
-"""The tiny offline Qwen2.5-VL builder: deterministic, idempotent, reloadable offline, ids consistent."""
+"""The tiny offline VLM builder (Qwen2.5-VL, Qwen3-VL, Qwen3.5): deterministic, idempotent, reloadable offline, ids consistent."""
 
 import json
 import os
@@ -125,3 +125,65 @@ def test_size_validation_and_cli(tmp_path):
     assert config.text_config.vocab_size == 640
     with pytest.raises(ValueError, match="smaller than the tokenizer"):
         build_tiny_vlm(tmp_path / "small_vocab", model_vocab_size=16)
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5"])
+def test_other_families_use_their_real_classes_and_config_ids(tiny_vlm_of, family, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import transformers
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    path = tiny_vlm_of(family)
+    processor = AutoProcessor.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="sdpa").eval()
+    model_class = {"qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen3_5": "Qwen3_5ForConditionalGeneration"}
+    assert config.model_type == family and type(model) is getattr(transformers, model_class[family])
+    assert isinstance(processor, transformers.Qwen3VLProcessor)
+    assert processor.image_processor.patch_size == processor.video_processor.patch_size == 16
+    tokenizer = processor.tokenizer
+    for kind in ("image", "video"):
+        token_id = getattr(config, f"{kind}_token_id")
+        assert token_id == tokenizer.convert_tokens_to_ids(f"<|{kind}_pad|>") == getattr(processor, f"{kind}_token_id")
+    assert config.image_token_id != 248056  # tiny vocabulary: never Qwen's ids, so they must be read from the config
+    if family == "qwen3_5":
+        # the hybrid decoder: Gated DeltaNet linear attention and (gated) full attention layers
+        assert config.text_config.layer_types == ["linear_attention", "full_attention"]
+        assert type(model.model.language_model.layers[0].linear_attn).__name__ == "Qwen3_5GatedDeltaNet"
+    else:
+        assert config.vision_config.deepstack_visual_indexes == [0]
+    assert json.loads((open(os.path.join(path, SETTINGS_FILE)).read()))["family"] == family
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is the circle?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What color is the circle?<|im_end|>\n<|im_start|>assistant\n"
+    encoded = processor(text=[text], images=[_random_image(0)], return_tensors="pt")
+    assert "mm_token_type_ids" in encoded  # Qwen3VLProcessor's extra output
+    assert int((encoded["input_ids"] == config.image_token_id).sum()) == 4  # 64x64 at patch 16, merge 2
+    with torch.no_grad():
+        assert torch.isfinite(model(**encoded).logits).all()
+
+    video = np.random.RandomState(1).randint(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What shape?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    encoded = processor(text=[text], videos=[video], return_tensors="pt")
+    grid = encoded["video_grid_thw"][0]
+    assert int((encoded["input_ids"] == config.video_token_id).sum()) == int(grid.prod()) // 4 > 0
+    assert processor.tokenizer.decode(encoded["input_ids"][0]).count("seconds>") == int(grid[0])  # per-frame times
+    with torch.no_grad():
+        assert torch.isfinite(model(**encoded).logits).all()
+
+
+def test_family_is_part_of_the_settings_key_and_cli(tiny_vlm_path, tmp_path):
+    from transformers import AutoConfig
+
+    from verl_vgpo.cpu.tiny_vlm import main
+
+    with pytest.raises(FileExistsError, match="different settings"):
+        build_tiny_vlm(tiny_vlm_path, seed=0, family="qwen3_vl")
+    with pytest.raises(ValueError, match="unknown tiny VLM family"):
+        resolve_size(family="qwen4")
+    assert resolve_size(family="qwen3_5").partial_rotary_factor == 0.25
+    main(["--out", str(tmp_path / "cli"), "--family", "qwen3_vl", "--num-hidden-layers", "1"])
+    config = AutoConfig.from_pretrained(tmp_path / "cli")
+    assert config.model_type == "qwen3_vl" and config.text_config.num_hidden_layers == 1

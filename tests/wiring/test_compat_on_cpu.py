@@ -105,3 +105,74 @@ def test_legacy_trainer_guard_is_installed():
     from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
     assert RayPPOTrainer.__init__._vgpo_legacy_guard
+
+
+# --- Qwen3.5 packed linear attention on transformers' torch fallback (verl 0.9.x, transformers >= 5) ---
+
+
+def _packed_delta_rule_inputs(lengths=(7, 5), heads=2, dim=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    total = sum(lengths)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    query, key, value = rand(1, total, heads, dim), rand(1, total, heads, dim), rand(1, total, heads, dim)
+    g = -torch.rand(1, total, heads, generator=generator)  # log decay < 0, as the model's g
+    beta = torch.rand(1, total, heads, generator=generator)
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    return query, key, value, g, beta, cu_seqlens
+
+
+def _per_sequence(kernel, query, key, value, g, beta, cu_seqlens):
+    bounds = cu_seqlens.tolist()
+    outputs = [
+        kernel(query[:, s:e], key[:, s:e], value[:, s:e], g=g[:, s:e], beta=beta[:, s:e], initial_state=None,
+               output_final_state=False, use_qk_l2norm_in_kernel=True)[0]
+        for s, e in zip(bounds[:-1], bounds[1:])
+    ]
+    return torch.cat(outputs, dim=1)
+
+
+def test_verls_qwen3_5_packed_torch_fallback_still_leaks_state_across_sequences():
+    import verl.models.transformers.qwen3_5 as verl_qwen3_5
+    from transformers.models.qwen3_5.modeling_qwen3_5 import torch_chunk_gated_delta_rule
+
+    assert compat.versions_match(**compat.QWEN3_5_PACKED_FALLBACK_VERSIONS)
+    current = verl_qwen3_5._packed_chunk_gated_delta_rule
+    verls_own = getattr(current, "__wrapped__", current)
+    layer = types.SimpleNamespace(chunk_gated_delta_rule=torch_chunk_gated_delta_rule)
+    inputs = _packed_delta_rule_inputs()
+    expected = _per_sequence(torch_chunk_gated_delta_rule, *inputs)
+
+    # verl hands cu_seqlens to the torch fallback, which ignores them: the second sequence sees the first
+    leaked, _ = verls_own(layer, *inputs, cu_seqlens_cpu=None)
+    first = int(inputs[-1][1])
+    torch.testing.assert_close(leaked[:, :first], expected[:, :first])  # the first sequence is unaffected
+    assert not torch.allclose(leaked[:, first:], expected[:, first:], atol=1e-4)
+
+
+def test_qwen3_5_packed_torch_fallback_fix_runs_each_sequence_alone():
+    import verl.models.transformers.qwen3_5 as verl_qwen3_5
+    from transformers.models.qwen3_5.modeling_qwen3_5 import torch_chunk_gated_delta_rule
+
+    compat.fix_qwen3_5_packed_linear_attention_fallback()
+    fixed = verl_qwen3_5._packed_chunk_gated_delta_rule
+    assert fixed.vgpo_torch_fallback_fix
+    layer = types.SimpleNamespace(chunk_gated_delta_rule=torch_chunk_gated_delta_rule)
+    inputs = _packed_delta_rule_inputs()
+    expected = _per_sequence(torch_chunk_gated_delta_rule, *inputs)
+    actual, _ = fixed(layer, *inputs, cu_seqlens_cpu=None)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+    # any other kernel (fla's honours cu_seqlens) still goes to verl's own code
+    seen = {}
+
+    def varlen_kernel(query, key, value, cu_seqlens=None, **kwargs):
+        seen["cu_seqlens"] = cu_seqlens
+        return value, None
+
+    out, _ = fixed(types.SimpleNamespace(chunk_gated_delta_rule=varlen_kernel), *inputs, cu_seqlens_cpu=None)
+    assert torch.equal(seen["cu_seqlens"], inputs[-1]) and torch.equal(out, inputs[2])
+    compat.fix_qwen3_5_packed_linear_attention_fallback()  # idempotent
+    assert verl_qwen3_5._packed_chunk_gated_delta_rule is fixed

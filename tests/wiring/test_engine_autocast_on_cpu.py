@@ -3,7 +3,7 @@ inside ``torch.autocast(param_dtype)``; the scores must still be float32 math on
 
 verl's real FSDP2 engine with ``param_dtype=bf16`` on the CPU platform (CPU autocast stands in for the
 GPU's). The reference scores the very hidden state the final norm produced, recorded by a second hook,
-with ``visual_focus_scores`` outside autocast. No mock.
+with ``visual_focus_scores`` outside autocast. No mock. Runs once per tiny-VLM family.
 """
 
 from __future__ import annotations
@@ -11,16 +11,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.wiring.test_engine_focus_on_cpu import WorkerUnderTest, cpu_platform, hf_parts, samples  # noqa: F401
+from tests.wiring.test_engine_focus_on_cpu import (  # noqa: F401  (fixtures, one run per model family)
+    WorkerUnderTest,
+    cpu_platform,
+    family,
+    hf_parts,
+    model_path,
+    samples,
+)
 from tests.wiring.vlm_batches import build_batch, build_training_worker, restore_qwen_methods, snapshot_qwen_methods
 from verl_vgpo.wiring.engine import find_final_norm, focus_of_padded, visual_token_ids
 from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY
 
 
 @pytest.fixture(scope="module")
-def bf16_worker(cpu_platform, tiny_vlm_path):  # noqa: F811
+def bf16_worker(cpu_platform, model_path):  # noqa: F811
     before = snapshot_qwen_methods()
-    worker = build_training_worker(tiny_vlm_path, use_remove_padding=False, param_dtype="bf16")
+    worker = build_training_worker(model_path, use_remove_padding=False, param_dtype="bf16")
     methods = snapshot_qwen_methods()
     restore_qwen_methods(before)
     yield WorkerUnderTest(worker, methods)

@@ -1,8 +1,13 @@
-"""VGPO focus capture in verl's real FSDP2 engine (TrainingWorker, one gloo process, CPU platform).
+"""VGPO focus capture in verl's real FSDP2 engine (TrainingWorker, one gloo process, CPU platform),
+for each tiny-VLM family (Qwen2.5-VL, Qwen3-VL, Qwen3.5: every test runs once per family).
 
 References are independent plain-HF forwards of each sample alone with ``output_hidden_states=True``
-(transformers' own Qwen2.5-VL methods, not verl's patched ones). The only mock: in the packed-layout
-test, flash-attn's varlen kernel (which cannot exist on CPU) is replaced by an sdpa equivalent.
+(transformers' own methods, not verl's patched ones). The only mock: in the packed-layout tests of
+Qwen2.5-VL, verl's flash-attn varlen kernel call (flash-attn cannot exist on CPU) is replaced by an
+sdpa equivalent. Qwen3-VL and Qwen3.5 need no stand-in: verl leaves their attention to transformers,
+whose sdpa path builds the per-sequence causal mask of the packed row from the position ids, and
+Qwen3.5's linear-attention layers get the packed sequences' offsets (``cu_seqlens``) from verl's engine
+and run transformers' torch fallback of the Gated DeltaNet kernels on each sequence.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import pytest
 import torch
 
 from tests.wiring.vlm_batches import (
+    FAMILIES,
     build_batch,
     build_training_worker,
     cpu_varlen_attention,
@@ -22,6 +28,7 @@ from tests.wiring.vlm_batches import (
     snapshot_qwen_methods,
     standard_samples,
 )
+from verl_vgpo.wiring.engine import find_final_norm
 from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY
 
 TOLERANCE = 1e-5
@@ -63,12 +70,22 @@ def cpu_platform():
         os.environ["VERL_PLATFORM"] = previous_env
 
 
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def hf_parts(tiny_vlm_path, original_qwen_methods):
+def model_path(family, tiny_vlm_of):
+    return tiny_vlm_of(family)
+
+
+@pytest.fixture(scope="module")
+def hf_parts(model_path, original_qwen_methods):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(tiny_vlm_path)
-    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_path, attn_implementation="sdpa", dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(model_path)
+    model = AutoModelForImageTextToText.from_pretrained(model_path, attn_implementation="sdpa", dtype=torch.float32)
     return processor, model.eval()
 
 
@@ -83,10 +100,10 @@ def references(hf_parts, samples, original_qwen_methods):
 
 
 @pytest.fixture(scope="module")
-def padded_worker(cpu_platform, tiny_vlm_path):
+def padded_worker(cpu_platform, model_path):
     # verl patches the Qwen-VL classes while building; keep its methods for this worker's calls only
     before = snapshot_qwen_methods()
-    worker = build_training_worker(tiny_vlm_path, use_remove_padding=False)
+    worker = build_training_worker(model_path, use_remove_padding=False)
     methods = snapshot_qwen_methods()
     restore_qwen_methods(before)
     yield WorkerUnderTest(worker, methods)
@@ -94,7 +111,7 @@ def padded_worker(cpu_platform, tiny_vlm_path):
 
 
 @pytest.fixture(scope="module")
-def packed_worker(cpu_platform, tiny_vlm_path):
+def packed_worker(cpu_platform, model_path, family):
     import verl.models.transformers.qwen2_vl as verl_qwen2_vl
 
     calls = []
@@ -104,11 +121,12 @@ def packed_worker(cpu_platform, tiny_vlm_path):
         return cpu_varlen_attention(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        # flash-attn cannot exist on CPU: an sdpa varlen stand-in for verl's packed attention kernel
-        patch.setattr(verl_qwen2_vl, "_custom_flash_attention_forward", counted_varlen_attention)
-        patch.setattr(verl_qwen2_vl, "_flash_use_top_left_mask", False, raising=False)
+        if family == "qwen2_5_vl":
+            # flash-attn cannot exist on CPU: an sdpa varlen stand-in for verl's packed attention kernel
+            patch.setattr(verl_qwen2_vl, "_custom_flash_attention_forward", counted_varlen_attention)
+            patch.setattr(verl_qwen2_vl, "_flash_use_top_left_mask", False, raising=False)
         before = snapshot_qwen_methods()
-        worker = build_training_worker(tiny_vlm_path, use_remove_padding=True)
+        worker = build_training_worker(model_path, use_remove_padding=True)
         methods = snapshot_qwen_methods()
         restore_qwen_methods(before)
         bundle = WorkerUnderTest(worker, methods)
@@ -158,12 +176,23 @@ def test_padded_layout_focus_and_log_probs_match_plain_hf_forward(padded_worker,
     assert len(seconds) == 2 and all(s > 0 for s in seconds)  # one entry per micro-batch
 
 
-def test_packed_layout_focus_matches_plain_hf_forward(packed_worker, samples, references):
+def test_packed_layout_focus_matches_plain_hf_forward(packed_worker, samples, references, family):
     calls_before = len(packed_worker.varlen_attention_calls)
-    output = packed_worker.infer(_capture_batch(samples, use_remove_padding=True))
+    final_norm_inputs = []
+    norm = find_final_norm(packed_worker.worker.engine.module)
+    handle = norm.register_forward_hook(lambda module, args, out: final_norm_inputs.append(tuple(out.shape)))
+    try:
+        output = packed_worker.infer(_capture_batch(samples, use_remove_padding=True))
+    finally:
+        handle.remove()
     _check_against_references(output, samples, references)
-    # the packed (varlen) attention path really ran: 2 micro-batches x 2 decoder layers
-    assert len(packed_worker.varlen_attention_calls) - calls_before == 4
+    # the model really saw packed rows: one (1, tokens of 2 samples, H) row per micro-batch
+    assert [shape[:2] for shape in final_norm_inputs] == [
+        (1, sum(len(s.input_ids) for s in samples[i : i + 2])) for i in (0, 2)
+    ]
+    if family == "qwen2_5_vl":
+        # verl's varlen attention path really ran: 2 micro-batches x 2 decoder layers
+        assert len(packed_worker.varlen_attention_calls) - calls_before == 4
 
 
 def test_packed_layout_with_pad_suffix(packed_worker, samples, references):

@@ -1,7 +1,7 @@
-"""Helpers of the engine tests: real processor inputs for the tiny VLM, verl batches, plain-HF references.
+"""Helpers of the engine tests: real processor inputs for the tiny VLMs, verl batches, plain-HF references.
 
-Everything here uses the real ``Qwen2_5_VLProcessor`` and ``Qwen2_5_VLForConditionalGeneration``; the
-references run the model's ORIGINAL transformers forward (verl's engine monkey-patches the classes,
+Everything here uses each family's real processor and model classes (Qwen2.5-VL, Qwen3-VL, Qwen3.5);
+the references run the model's ORIGINAL transformers forward (verl's engine monkey-patches the classes,
 so the test session snapshots the original methods before any engine exists: see conftest.py).
 """
 
@@ -16,8 +16,38 @@ import numpy as np
 import torch
 from PIL import Image
 
-# classes whose methods verl's monkey patch replaces (Qwen2-VL family); snapshotted and restored
+# the tiny-VLM families the engine tests run on (verl_vgpo.cpu.tiny_vlm.FAMILIES)
+FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5")
+
+# what verl's apply_monkey_patch replaces for the Qwen-VL families (verl 0.9.1 monkey_patch.py):
+# (module, class or None for a module-level function, attribute); snapshotted and restored
+_QWEN3_VL = "transformers.models.qwen3_vl.modeling_qwen3_vl"
+_QWEN3_VL_MOE = "transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe"
+_QWEN3_5 = "transformers.models.qwen3_5.modeling_qwen3_5"
+_QWEN3_5_MOE = "transformers.models.qwen3_5_moe.modeling_qwen3_5_moe"
 PATCHED_QWEN_METHODS = (
+    # packed layout (use_remove_padding) for every family but Qwen2-VL's own attention patch
+    ("transformers.integrations.flash_attention", None, "_flash_attention_forward"),
+    (_QWEN3_VL, "Qwen3VLForConditionalGeneration", "forward"),
+    (_QWEN3_VL, "Qwen3VLModel", "forward"),
+    (_QWEN3_VL, "Qwen3VLTextModel", "forward"),
+    (_QWEN3_VL, "Qwen3VLVisionModel", "fast_pos_embed_interpolate"),
+    (_QWEN3_VL_MOE, "Qwen3VLMoeForConditionalGeneration", "forward"),
+    (_QWEN3_VL_MOE, "Qwen3VLMoeModel", "forward"),
+    (_QWEN3_VL_MOE, "Qwen3VLMoeTextModel", "forward"),
+    (_QWEN3_VL_MOE, "Qwen3VLMoeVisionModel", "fast_pos_embed_interpolate"),
+    (_QWEN3_5, "Qwen3_5ForConditionalGeneration", "forward"),
+    (_QWEN3_5, "Qwen3_5Model", "forward"),
+    (_QWEN3_5, "Qwen3_5TextModel", "forward"),
+    (_QWEN3_5, "Qwen3_5DecoderLayer", "forward"),
+    (_QWEN3_5, "Qwen3_5GatedDeltaNet", "forward"),
+    (_QWEN3_5, "Qwen3_5VisionModel", "fast_pos_embed_interpolate"),
+    (_QWEN3_5_MOE, "Qwen3_5MoeForConditionalGeneration", "forward"),
+    (_QWEN3_5_MOE, "Qwen3_5MoeModel", "forward"),
+    (_QWEN3_5_MOE, "Qwen3_5MoeTextModel", "forward"),
+    (_QWEN3_5_MOE, "Qwen3_5MoeDecoderLayer", "forward"),
+    (_QWEN3_5_MOE, "Qwen3_5MoeGatedDeltaNet", "forward"),
+    (_QWEN3_5_MOE, "Qwen3_5MoeVisionModel", "fast_pos_embed_interpolate"),
     ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "forward"),
     ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLModel", "forward"),
     ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLAttention", "forward"),
@@ -34,8 +64,9 @@ def snapshot_qwen_methods() -> dict:
 
     snapshot = {}
     for module_name, class_name, attribute in PATCHED_QWEN_METHODS:
-        cls = getattr(importlib.import_module(module_name), class_name)
-        snapshot[(cls, attribute)] = cls.__dict__[attribute]
+        module = importlib.import_module(module_name)
+        owner = module if class_name is None else getattr(module, class_name)
+        snapshot[(owner, attribute)] = owner.__dict__[attribute]
     return snapshot
 
 

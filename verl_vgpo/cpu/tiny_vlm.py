@@ -1,13 +1,23 @@
-"""Build a tiny, random, fully offline Qwen2.5-VL checkpoint (model + tokenizer + processor).
+"""Build a tiny, random, fully offline Qwen-VL checkpoint (model + tokenizer + processor).
 
-Tests and CPU end-to-end runs need a real ``Qwen2_5_VLForConditionalGeneration`` with a real
-``Qwen2_5_VLProcessor`` but may not download anything. This module makes one from scratch:
+Tests and CPU end-to-end runs need a real vision-language model with its real processor but may not
+download anything. This module makes one from scratch, for three model families (``family=``):
+
+* ``qwen2_5_vl`` (default): ``Qwen2_5_VLForConditionalGeneration`` + ``Qwen2_5_VLProcessor``;
+* ``qwen3_vl``: ``Qwen3VLForConditionalGeneration`` (DeepStack visual features injected into the first
+  decoder layer, interleaved M-RoPE) + ``Qwen3VLProcessor`` (patch size 16, per-frame video
+  timestamps, ``mm_token_type_ids``);
+* ``qwen3_5``: ``Qwen3_5ForConditionalGeneration`` with Qwen3.5's hybrid decoder (one Gated DeltaNet
+  linear-attention layer, then one gated full-attention layer; partial rotary factor 0.25) +
+  ``Qwen3VLProcessor`` (the processor transformers maps ``qwen3_5`` to).
+
+Shared by all families:
 
 * a byte-level BPE tokenizer trained locally on a small built-in corpus (easy-vqa style questions and
   answers plus chat text) with Qwen's special tokens, wrapped in ``PreTrainedTokenizerFast`` with a
   Qwen2-VL chat template;
-* a ``Qwen2VLImageProcessor`` / ``Qwen2VLVideoProcessor`` with small pixel limits, so a 64x64 image
-  becomes a handful of ``<|image_pad|>`` tokens;
+* the family's image / video processors with small pixel limits, so a 64x64 image becomes a handful
+  of ``<|image_pad|>`` tokens;
 * a randomly initialised model whose ``image_token_id`` / ``video_token_id`` etc. are the ids the
   tokenizer actually assigned (the vocabulary is small, so they are not Qwen's 151655 / 151656).
 
@@ -15,7 +25,10 @@ Everything is written with ``save_pretrained`` so ``AutoProcessor`` / ``AutoToke
 ``AutoModelForImageTextToText`` reload it offline. Building is deterministic for a given seed and
 size, and idempotent: a folder already holding a build with the same settings is reused.
 
-CLI: ``python -m verl_vgpo.cpu.tiny_vlm --out DIR [--preset bench] [--hidden-size 256 ...]``.
+The tokenizer and chat templates are small stand-ins, not Qwen's (no thinking prefix for Qwen3.5,
+no tool calls), so special-token ids are never Qwen's; every consumer must read them from the config.
+
+CLI: ``vgpo-tiny-vlm --out DIR [--family qwen3_vl] [--preset bench] [--hidden-size 256 ...]``.
 """
 
 from __future__ import annotations
@@ -80,6 +93,19 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
 )
 
+# Qwen3-VL / Qwen3.5 chat template (written for this project): as above without the default system
+# turn (neither family adds one). Qwen3VLProcessor expands a video's pad into per-frame
+# "<t seconds><|vision_start|><|video_pad|>...<|vision_end|>" blocks itself.
+CHAT_TEMPLATE_QWEN3 = CHAT_TEMPLATE.replace(
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif -%}",
+    "",
+)
+
+FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5")
+DEFAULT_FAMILY = "qwen2_5_vl"
+
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "purple", "yellow", "orange")
 SHAPES = ("circle", "rectangle", "triangle")
 CHAT_LINES = (
@@ -122,6 +148,8 @@ class TinyVLMSize:
     min_pixels: int = 28 * 28
     max_pixels: int = 64 * 64
     tokenizer_vocab_size: int = 512
+    # fraction of head_dim that is rotated (Qwen3.5 rotates a quarter; the M-RoPE split covers that part)
+    partial_rotary_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -133,11 +161,16 @@ class TinyVLMSize:
                 f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
-        half_head_dim = self.hidden_size // self.num_attention_heads // 2
-        if len(self.mrope_section) != 3 or sum(self.mrope_section) != half_head_dim:
+        if not 0 < self.partial_rotary_factor <= 1:
+            raise ValueError(f"partial_rotary_factor must be in (0, 1], got {self.partial_rotary_factor}")
+        head_dim = self.hidden_size // self.num_attention_heads
+        half_rotary_dim = int(head_dim * self.partial_rotary_factor) // 2
+        if len(self.mrope_section) != 3 or sum(self.mrope_section) != half_rotary_dim:
+            what = "head_dim/2" if self.partial_rotary_factor == 1 else "head_dim*partial_rotary_factor/2"
             raise ValueError(
-                f"mrope_section {list(self.mrope_section)} must have 3 entries summing to head_dim/2 = {half_head_dim} "
-                f"(hidden_size {self.hidden_size} / num_attention_heads {self.num_attention_heads} / 2)"
+                f"mrope_section {list(self.mrope_section)} must have 3 entries summing to {what} = {half_rotary_dim} "
+                f"(hidden_size {self.hidden_size} / num_attention_heads {self.num_attention_heads}, "
+                f"partial_rotary_factor {self.partial_rotary_factor})"
             )
         if self.vision_hidden_size % self.vision_num_heads:
             raise ValueError(
@@ -166,6 +199,33 @@ PRESETS: dict[str, TinyVLMSize] = {
         max_pixels=112 * 112,
     ),
 }
+
+
+# What each family changes in a preset, from the real checkpoints' configs: Qwen3-VL and Qwen3.5 use
+# 16-pixel patches (so a merged token covers 32x32 pixels, the smallest image side); Qwen3.5 rotates a
+# quarter of each head (partial_rotary_factor 0.25) and the tiny one uses 2 wide heads so that quarter
+# still holds an M-RoPE split of 3 non-empty sections.
+FAMILY_PRESET_CHANGES: dict[str, dict[str, dict]] = {
+    "qwen2_5_vl": {},
+    "qwen3_vl": {
+        "test": dict(patch_size=16, min_pixels=32 * 32),
+        "bench": dict(patch_size=16, min_pixels=32 * 32),
+    },
+    "qwen3_5": {
+        "test": dict(
+            patch_size=16, min_pixels=32 * 32, num_attention_heads=2, num_key_value_heads=1,
+            partial_rotary_factor=0.25, mrope_section=(2, 1, 1),
+        ),
+        "bench": dict(patch_size=16, min_pixels=32 * 32, partial_rotary_factor=0.25, mrope_section=(3, 3, 2)),
+    },
+}
+
+
+def check_family(family: str) -> str:
+    """``family`` itself, or a ValueError naming the supported ones."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny VLM family {family!r}; choose one of {list(FAMILIES)}")
+    return family
 
 
 def tokenizer_corpus() -> list[str]:
@@ -225,7 +285,9 @@ def _train_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def _build_processor(tokenizer, size: TinyVLMSize):
+def _build_processor(tokenizer, size: TinyVLMSize, family: str = DEFAULT_FAMILY):
+    if family != "qwen2_5_vl":
+        return _build_qwen3_processor(tokenizer, size)
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
@@ -246,7 +308,124 @@ def _build_processor(tokenizer, size: TinyVLMSize):
     )
 
 
-def _build_model_config(tokenizer, size: TinyVLMSize, model_vocab_size: int | None = None):
+def _build_qwen3_processor(tokenizer, size: TinyVLMSize):
+    """``Qwen3VLProcessor`` (used by Qwen3-VL and Qwen3.5): Qwen2-VL image processor, Qwen3-VL video one."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    shared = dict(
+        patch_size=size.patch_size, temporal_patch_size=size.temporal_patch_size, merge_size=size.spatial_merge_size
+    )
+    image_processor = Qwen2VLImageProcessor(
+        size={"shortest_edge": size.min_pixels, "longest_edge": size.max_pixels}, **shared
+    )
+    # the video limits count all frames: up to 4 frames at the image limit (Qwen3-VL's own limit is
+    # a total over frames too); frames are taken as given (no fps resampling of the tiny test clips)
+    video_processor = Qwen3VLVideoProcessor(
+        size={"shortest_edge": size.min_pixels, "longest_edge": 4 * size.max_pixels},
+        do_sample_frames=False,
+        **shared,
+    )
+    return Qwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE_QWEN3,
+    )
+
+
+def _special_ids(tokenizer) -> dict[str, int]:
+    return {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+
+
+def _build_qwen3_config(tokenizer, size: TinyVLMSize, family: str, model_vocab_size: int | None):
+    """Qwen3-VL / Qwen3.5 config; special-token ids are the ones the tiny tokenizer assigned."""
+    ids = _special_ids(tokenizer)
+    head_dim = size.hidden_size // size.num_attention_heads
+    rope = {
+        "rope_type": "default",
+        "rope_theta": 5000000.0 if family == "qwen3_vl" else 10000000.0,
+        "mrope_section": list(size.mrope_section),
+        "mrope_interleaved": True,
+    }
+    text_config = dict(
+        vocab_size=model_vocab_size or len(tokenizer),
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_hidden_layers,
+        num_attention_heads=size.num_attention_heads,
+        num_key_value_heads=size.num_key_value_heads,
+        head_dim=head_dim,
+        max_position_embeddings=4096,
+        rope_parameters=rope,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+    )
+    vision_config = dict(
+        depth=size.vision_depth,
+        hidden_size=size.vision_hidden_size,
+        intermediate_size=size.vision_intermediate_size,
+        num_heads=size.vision_num_heads,
+        out_hidden_size=size.hidden_size,
+        patch_size=size.patch_size,
+        spatial_merge_size=size.spatial_merge_size,
+        temporal_patch_size=size.temporal_patch_size,
+        # learned position-embedding grid of 16x16 patches (Qwen3-VL's is 48x48), interpolated per image
+        num_position_embeddings=256,
+    )
+    special = dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    if family == "qwen3_vl":
+        from transformers import Qwen3VLConfig
+
+        # DeepStack: the first vision block's features are added to the first decoder layer's output
+        vision_config["deepstack_visual_indexes"] = [0]
+        config = Qwen3VLConfig(text_config=text_config, vision_config=vision_config, **special)
+        config.architectures = ["Qwen3VLForConditionalGeneration"]
+        return config
+
+    from transformers import Qwen3_5Config
+
+    rope["partial_rotary_factor"] = size.partial_rotary_factor
+    # Qwen3.5's hybrid stack: Gated DeltaNet (linear attention) layers, every 4th layer full attention;
+    # the tiny model alternates so that both kinds exist in 2 layers
+    text_config.update(
+        layer_types=["linear_attention" if i % 2 == 0 else "full_attention" for i in range(size.num_hidden_layers)],
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=head_dim // 2,
+        linear_value_head_dim=head_dim // 2,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+    )
+    config = Qwen3_5Config(text_config=text_config, vision_config=vision_config, **special)
+    config.architectures = ["Qwen3_5ForConditionalGeneration"]
+    return config
+
+
+def _model_class(family: str):
+    import transformers
+
+    return getattr(
+        transformers,
+        {
+            "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+            "qwen3_vl": "Qwen3VLForConditionalGeneration",
+            "qwen3_5": "Qwen3_5ForConditionalGeneration",
+        }[family],
+    )
+
+
+def _build_model_config(tokenizer, size: TinyVLMSize, model_vocab_size: int | None = None,
+                        family: str = DEFAULT_FAMILY):
+    if family != "qwen2_5_vl":
+        return _build_qwen3_config(tokenizer, size, family, model_vocab_size)
     from transformers import Qwen2_5_VLConfig
 
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
@@ -292,10 +471,11 @@ def _build_model_config(tokenizer, size: TinyVLMSize, model_vocab_size: int | No
     return config
 
 
-def _settings_record(seed: int, size: TinyVLMSize, model_vocab_size: int | None) -> dict:
+def _settings_record(seed: int, size: TinyVLMSize, model_vocab_size: int | None, family: str = DEFAULT_FAMILY) -> dict:
     import transformers
 
     record = {
+        "family": family,
         "format_version": BUILD_FORMAT_VERSION,
         "seed": seed,
         "size": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(size).items()},
@@ -306,8 +486,9 @@ def _settings_record(seed: int, size: TinyVLMSize, model_vocab_size: int | None)
     return record
 
 
-def resolve_size(preset: str = "test", **overrides) -> TinyVLMSize:
-    """The size of a preset with some fields replaced; unknown preset or field names are errors."""
+def resolve_size(preset: str = "test", family: str = DEFAULT_FAMILY, **overrides) -> TinyVLMSize:
+    """The size of a preset for a family, with some fields replaced; unknown names are errors."""
+    check_family(family)
     if preset not in PRESETS:
         raise ValueError(f"unknown tiny VLM preset {preset!r}; choose one of {sorted(PRESETS)}")
     known = {f.name for f in dataclasses.fields(TinyVLMSize)}
@@ -316,7 +497,11 @@ def resolve_size(preset: str = "test", **overrides) -> TinyVLMSize:
         raise ValueError(f"unknown tiny VLM size field(s) {unknown}; allowed: {sorted(known)}")
     if "mrope_section" in overrides:
         overrides["mrope_section"] = tuple(overrides["mrope_section"])
-    return dataclasses.replace(PRESETS[preset], **overrides)
+    base = PRESETS[preset]
+    family_changes = FAMILY_PRESET_CHANGES[family].get(preset, {})
+    if family_changes:
+        base = dataclasses.replace(base, **family_changes)
+    return dataclasses.replace(base, **overrides)
 
 
 def build_tiny_vlm(
@@ -324,9 +509,13 @@ def build_tiny_vlm(
     seed: int = 0,
     preset: str = "test",
     model_vocab_size: int | None = None,
+    family: str = DEFAULT_FAMILY,
     **size_overrides,
 ) -> str:
-    """Build (or reuse) a random offline Qwen2.5-VL checkpoint in ``out_dir`` and return its path.
+    """Build (or reuse) a random offline checkpoint of a Qwen-VL ``family`` in ``out_dir``; return its path.
+
+    ``family``: one of :data:`FAMILIES` (``qwen2_5_vl``, ``qwen3_vl``, ``qwen3_5``); the preset's
+    sizes get the family's changes (:data:`FAMILY_PRESET_CHANGES`) before ``size_overrides``.
 
     ``size_overrides`` replace fields of :class:`TinyVLMSize` (e.g. ``hidden_size=128``).
     ``model_vocab_size`` makes the embedding and lm_head larger than the tokenizer (as real Qwen
@@ -335,11 +524,10 @@ def build_tiny_vlm(
     anything else is refused rather than overwritten.
     """
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    size = resolve_size(preset, **size_overrides)
+    size = resolve_size(preset, family=family, **size_overrides)
     out_path = Path(out_dir).resolve()
-    record = _settings_record(seed, size, model_vocab_size)
+    record = _settings_record(seed, size, model_vocab_size, family)
     settings_path = out_path / SETTINGS_FILE
     if settings_path.exists():
         existing = json.loads(settings_path.read_text())
@@ -355,13 +543,15 @@ def build_tiny_vlm(
     tokenizer = _train_tokenizer(size.tokenizer_vocab_size)
     if model_vocab_size is not None and model_vocab_size < len(tokenizer):
         raise ValueError(f"model_vocab_size {model_vocab_size} is smaller than the tokenizer ({len(tokenizer)} tokens)")
-    processor = _build_processor(tokenizer, size)
-    config = _build_model_config(tokenizer, size, model_vocab_size)
+    if family != "qwen2_5_vl":
+        tokenizer.chat_template = CHAT_TEMPLATE_QWEN3  # saved last, so the tokenizer's template is the one kept
+    processor = _build_processor(tokenizer, size, family)
+    config = _build_model_config(tokenizer, size, model_vocab_size, family)
 
     # Seed a private generator state so building does not disturb (or depend on) the caller's RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32)
+        model = _model_class(family)._from_config(config, dtype=torch.float32)
     model.eval()
 
     # Build into a sibling temp folder and rename at the end, so a concurrent or interrupted build
@@ -397,13 +587,21 @@ def _parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="folder to write the checkpoint to")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="test", choices=sorted(PRESETS))
+    parser.add_argument("--family", default=DEFAULT_FAMILY, choices=FAMILIES, help="model family (default %(default)s)")
     parser.add_argument(
         "--model-vocab-size", type=int, default=None, help="embedding/lm_head rows (default: the tokenizer size)"
     )
+    from verl_vgpo.cpu import warm_start
+
+    parser.add_argument("--warm-start", action="store_true",
+                        help="then fine-tune it supervised on easy-vqa (verl_vgpo.cpu.warm_start); cached by settings")
+    warm_start.add_arguments(parser)
     for field in dataclasses.fields(TinyVLMSize):
         flag = "--" + field.name.replace("_", "-")
         if field.name == "mrope_section":
             parser.add_argument(flag, type=int, nargs=3, default=None)
+        elif field.type in (float, "float"):
+            parser.add_argument(flag, type=float, default=None)
         else:
             parser.add_argument(flag, type=int, default=None)
     return parser.parse_args(argv)
@@ -414,8 +612,16 @@ def main(argv=None) -> None:
     overrides = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(TinyVLMSize) if getattr(args, f.name) is not None
     }
+    if args.warm_start:
+        from verl_vgpo.cpu import warm_start
+
+        if args.model_vocab_size is not None:
+            overrides["model_vocab_size"] = args.model_vocab_size
+        warm_start.build_warm_start(args.out, warm_start.settings_from_args(args), **overrides)
+        return
     path = build_tiny_vlm(
-        args.out, seed=args.seed, preset=args.preset, model_vocab_size=args.model_vocab_size, **overrides
+        args.out, seed=args.seed, preset=args.preset, model_vocab_size=args.model_vocab_size, family=args.family,
+        **overrides,
     )
     print(path)
 

@@ -115,3 +115,63 @@ def install_legacy_trainer_guard() -> None:
 
     init_refusing_vgpo._vgpo_legacy_guard = True  # type: ignore[attr-defined]
     RayPPOTrainer.__init__ = init_refusing_vgpo
+
+
+# ---------------------------------------------------------------------------------------------------
+# verl 0.9.x with transformers >= 5: Qwen3.5 packed linear attention without flash-linear-attention
+# ---------------------------------------------------------------------------------------------------
+
+QWEN3_5_PACKED_FALLBACK_VERSIONS = {"verl": ">=0.9,<0.10", "transformers": ">=5"}
+
+
+def _is_transformers_torch_fallback(kernel) -> bool:
+    """True for transformers' pure-torch Gated DeltaNet kernel (used when fla is not installed)."""
+    return getattr(kernel, "__name__", "") == "torch_chunk_gated_delta_rule" and str(
+        getattr(kernel, "__module__", "")
+    ).startswith("transformers.")
+
+
+def fix_qwen3_5_packed_linear_attention_fallback() -> None:
+    """Keep Qwen3.5's linear-attention state inside each packed sequence when fla is missing.
+
+    For: verl 0.9.x (``verl.models.transformers.qwen3_5``) with transformers >= 5 (checked with 5.10).
+    With ``use_remove_padding`` verl packs a micro-batch into one row and hands the sequences' offsets
+    (``cu_seqlens``) to its Gated DeltaNet forward. Its ``_packed_chunk_gated_delta_rule`` passes them
+    on to the kernel whenever the kernel accepts ``**kwargs``; transformers' pure-torch fallback
+    (``torch_chunk_gated_delta_rule``, what runs without flash-linear-attention, e.g. on CPU) accepts
+    and IGNORES them, so the recurrent state of one sequence flows into the next one's tokens
+    (log-probs off by ~1e-3 on the tiny Qwen3.5 model; focus too). fla's own kernel honours
+    ``cu_seqlens`` and is left alone. This wrapper runs the torch fallback once per sequence (what
+    verl already does for kernels that do not accept ``cu_seqlens``) and defers to verl otherwise.
+    verl's own function stays reachable as ``__wrapped__``.
+    """
+    if not versions_match(**QWEN3_5_PACKED_FALLBACK_VERSIONS):
+        return
+    try:
+        import verl.models.transformers.qwen3_5 as qwen3_5
+    except ImportError:
+        return
+    original = getattr(qwen3_5, "_packed_chunk_gated_delta_rule", None)
+    if original is None or getattr(original, "vgpo_torch_fallback_fix", False):
+        return
+    split_packed = qwen3_5._split_packed_args
+
+    @functools.wraps(original)
+    def packed_chunk_gated_delta_rule(self, query, key, value, g, beta, cu_seqlens, cu_seqlens_cpu, cp_context=None):
+        if cu_seqlens is None or cp_context is not None or not _is_transformers_torch_fallback(
+            self.chunk_gated_delta_rule
+        ):
+            return original(self, query, key, value, g, beta, cu_seqlens, cu_seqlens_cpu, cp_context)
+        outputs = []
+        for q_i, k_i, v_i, g_i, beta_i in split_packed(
+            cu_seqlens, (query, key, value, g, beta), cu_seqlens_cpu=cu_seqlens_cpu
+        ):
+            out_i, _ = self.chunk_gated_delta_rule(
+                q_i, k_i, v_i, g=g_i, beta=beta_i, initial_state=None, output_final_state=False,
+                use_qk_l2norm_in_kernel=True,
+            )
+            outputs.append(out_i)
+        return torch.cat(outputs, dim=1), None
+
+    packed_chunk_gated_delta_rule.vgpo_torch_fallback_fix = True  # type: ignore[attr-defined]
+    qwen3_5._packed_chunk_gated_delta_rule = packed_chunk_gated_delta_rule
