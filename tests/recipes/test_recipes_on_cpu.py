@@ -164,9 +164,8 @@ def test_paper_recipes_grade_with_the_authors_strict_rule(recorder, tmp_path):
     reward_fn = validate_like_verl(compose_script("run_qwen2_5_vl_7b_vgpo.sh", recorder, tmp_path))[4]
     assert reward_fn(data_source="mmk12", solution_str="\\boxed{(B) 12}", ground_truth="B", extra_info={})["acc"] == 0.0
     assert reward_fn(data_source="mmk12", solution_str="\\boxed{B}", ground_truth="B", extra_info={})["acc"] == 1.0
-    lenient = compose_script(
-        "run_qwen2_5_vl_7b_vgpo.sh", recorder, tmp_path, extra_args=["reward.custom_reward_function.reward_kwargs.mode=lenient"]
-    )
+    lenient_mode = "reward.custom_reward_function.reward_kwargs.mode=lenient"
+    lenient = compose_script("run_qwen2_5_vl_7b_vgpo.sh", recorder, tmp_path, extra_args=[lenient_mode])
     reward_fn = validate_like_verl(lenient)[4]
     assert reward_fn(data_source="mmk12", solution_str="\\boxed{(B) 12}", ground_truth="B", extra_info={})["acc"] == 1.0
 
@@ -207,7 +206,8 @@ def test_qwen3_5_script_mirrors_the_qwen3_vl_8b_one(recorder, tmp_path):
     assert qwen3_5.actor_rollout_ref.rollout.tensor_model_parallel_size == 2
     assert qwen3_5.algorithm.adv_estimator == "vgpo"
     flat_qwen3_5, flat_qwen3_vl = _flat(qwen3_5), _flat(compose_script("run_qwen3_vl_8b_vgpo.sh", recorder, tmp_path))
-    differences = {key for key in set(flat_qwen3_5) | set(flat_qwen3_vl) if flat_qwen3_5.get(key) != flat_qwen3_vl.get(key)}
+    keys = set(flat_qwen3_5) | set(flat_qwen3_vl)
+    differences = {key for key in keys if flat_qwen3_5.get(key) != flat_qwen3_vl.get(key)}
     naming = {"trainer.experiment_name", "trainer.default_local_dir", "actor_rollout_ref.rollout.trace.experiment_name"}
     # prometheus.served_model_name interpolates the model path
     model_path_keys = {"actor_rollout_ref.model.path", "actor_rollout_ref.rollout.prometheus.served_model_name"}
