@@ -23,8 +23,10 @@ REGISTRATIONS: list[tuple[str, str]] = [
     ("verl_vgpo.cpu.rollout", "register_hf_cpu_rollout"),
     # CPU platform only: plain "gloo" for verl's worker process groups (verl builds "cpu:gloo,cpu:gloo")
     ("verl_vgpo.cpu.distributed", "install_cpu_process_group_backend"),
-    # V1 trainers with the focus hand-over, installed once verl imports its trainer package
+    # V1 trainers with the focus hand-over, and the guard on the legacy trainer
     ("verl_vgpo.wiring.trainer", "register_trainers"),
+    # VGPO's config checks inside verl's validate_config: main_ppo refuses a bad config before ray.init
+    ("verl_vgpo.wiring.driver", "install_driver_check"),
 ]
 
 LOADED = False

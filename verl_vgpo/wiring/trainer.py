@@ -94,7 +94,8 @@ def uses_vgpo(config: Any) -> bool:
 def check_vgpo_trainer_config(config: Any) -> VGPOConfig:
     """Validate ``algorithm.vgpo`` and refuse settings VGPO cannot serve; returns the VGPO config.
 
-    Refused: the legacy trainer, rollout-correction bypass mode (no old-log-prob forward, so no focus
+    Needs only the config, so it also runs in the driver before Ray starts (:mod:`.driver`). Refused:
+    the legacy trainer, a trainer mode without a VGPO class, rollout-correction bypass mode (no old-log-prob forward, so no focus
     scores), and sequence-ratio policy losses (there a per-token advantage weight is not the paper's
     per-token loss weight).
     """
@@ -102,6 +103,13 @@ def check_vgpo_trainer_config(config: Any) -> VGPOConfig:
 
     if config_get(config, "trainer.use_v1") is False:
         raise VGPOConfigError(LEGACY_TRAINER_MESSAGE)
+
+    mode = config_get(config, "trainer.v1.trainer_mode")
+    if mode is not None and mode not in VGPO_TRAINERS:
+        raise VGPOConfigError(
+            f"algorithm.adv_estimator=vgpo cannot run with trainer.v1.trainer_mode={mode}: verl-vgpo adds its focus "
+            f"hand-over to verl's trainer modes {', '.join(VGPO_TRAINERS)} only."
+        )
 
     if bool(config_get(config, "algorithm.rollout_correction.bypass_mode", False)):
         raise VGPOConfigError(
