@@ -5,10 +5,11 @@ PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip
 STAMP       := $(VENV)/.verl-vgpo-installed
 ALGO        ?= vgpo
-STEPS       ?= 8
+STEPS       ?=
+EXPERIMENT_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench clean-venv
+.PHONY: install test demo experiment bench clean-venv
 
 $(STAMP): setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -24,8 +25,13 @@ install: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# warm start (cached), then $(ALGO) through main_ppo; greedy validation before/after -> artifacts/demo/summary.json
 demo: $(STAMP)
-	$(PY) -m verl_vgpo.apps.demo --algo $(ALGO) --steps $(STEPS) --out artifacts/demo
+	OMP_NUM_THREADS=1 $(PY) -m verl_vgpo.apps.demo --algo $(ALGO) $(if $(STEPS),--steps $(STEPS)) --out artifacts/demo
+
+# GRPO vs VGPO, same warm start, data and seeds -> artifacts/experiment/report.md (EXPERIMENT_ARGS=--quick: 2 seeds)
+experiment: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m verl_vgpo.apps.experiment --out artifacts/experiment $(EXPERIMENT_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_estimator.py

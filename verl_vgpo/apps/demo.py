@@ -415,8 +415,9 @@ def write_summary(runs: dict[str, list[dict]], summaries: dict[str, dict], summa
 
 
 def prepare_inputs(model_dir: Path, data_dir: Path, family: str, train_size: int, val_size: int,
-                   warm_start: bool = True) -> None:
-    """The warm-started (or random) model and the easy-vqa parquet files, built when missing or stale."""
+                   warm_start: bool = True, build_data: bool = True) -> None:
+    """The warm-started (or random) model and the easy-vqa parquet files, built when missing or stale
+    (``build_data=False``: the given data folder is used as it is, only checked)."""
     from verl_vgpo.data import easy_vqa
 
     try:
@@ -433,7 +434,7 @@ def prepare_inputs(model_dir: Path, data_dir: Path, family: str, train_size: int
         build_tiny_vlm(model_dir, family=family)
     wanted = {"train_size": train_size, "val_size": val_size, "seed": 0}
     record_path = data_dir / "easy_vqa_settings.json"
-    if not record_path.exists() or json.loads(record_path.read_text()) != wanted:
+    if build_data and (not record_path.exists() or json.loads(record_path.read_text()) != wanted):
         print(f"building easy-vqa parquet files in {data_dir} ({train_size} train, {val_size} held-out)", flush=True)
         easy_vqa.write_splits(data_dir, train_size=train_size, val_size=val_size, seed=0)
         record_path.write_text(json.dumps(wanted))

@@ -304,6 +304,8 @@ def main(argv=None) -> int:
     parser.add_argument("--val-size", type=int, default=demo.DEMO_SETTINGS["VAL_SIZE"])
     parser.add_argument("--timeout", type=float, default=900.0, help="wall-clock limit per run, seconds")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier experiment in --out")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KNOB=VALUE",
+                        help="run-script knobs for every run alike, e.g. BATCH_SIZE=8 ROLLOUT_N=4 LR=1e-4")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, passed to every run alike")
     args = parser.parse_args(argv)
 
@@ -312,6 +314,11 @@ def main(argv=None) -> int:
     steps = args.steps if args.steps is not None else preset["steps"]
     knobs = {**demo.DEMO_SETTINGS, "TRAIN_SIZE": args.train_size, "VAL_SIZE": args.val_size,
              "VAL_BEFORE_TRAIN": "True", "TEST_FREQ": steps, "MODEL_FAMILY": args.family}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isupper() or key in ("ALGO", "STEPS", "SEED", "OUT_DIR", "MODEL_DIR", "DATA_DIR"):
+            parser.error(f"--set takes KNOB=VALUE of the run script's knobs (not ALGO/STEPS/SEED/paths), got {item!r}")
+        knobs[key] = value
     out_dir = Path(args.out).resolve()
     model_dir = Path(args.model_dir).resolve() if args.model_dir else out_dir.parent / f"tiny_vlm_warm_{args.family}"
     data_dir = Path(args.data_dir).resolve() if args.data_dir else out_dir.parent / "easy_vqa_experiment"
@@ -323,7 +330,8 @@ def main(argv=None) -> int:
         claim_output_folder(out_dir, settings, args.overwrite)
         try:
             demo.prepare_inputs(model_dir, data_dir, args.family, args.train_size, args.val_size,
-                                warm_start=args.model_dir is None or not (model_dir / "config.json").exists())
+                                warm_start=args.model_dir is None or not (model_dir / "config.json").exists(),
+                                build_data=args.data_dir is None or not (data_dir / "train.parquet").exists())
         except demo.DemoError as error:
             raise ExperimentError(str(error)) from error
         (out_dir / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))

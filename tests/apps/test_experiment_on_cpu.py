@@ -1,0 +1,111 @@
+"""vgpo-experiment: bad inputs refused before anything runs or is overwritten, the report writers on synthetic
+file-logger records, and the driver end to end (1 seed, 1 step per algorithm through verl's main_ppo)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from verl_vgpo.apps import demo, experiment
+
+ACC = "val-core/easy_vqa/acc/mean@1"
+
+
+def _records(before, after, rewards, focus=True):
+    records = [{"step": 0, ACC: before}]
+    for step, reward in enumerate(rewards, start=1):
+        record = {"step": step, demo.REWARD_METRIC: reward, demo.STEP_TIME_METRIC: 2.0}
+        if focus:
+            record.update({demo.FOCUS_FIRST_METRIC: 0.4, demo.FOCUS_LAST_METRIC: 0.2,
+                           **{demo.FOCUS_BIN_METRIC.format(k): 0.4 - 0.05 * k for k in range(demo.FOCUS_BINS)}})
+        records.append(record)
+    records[-1][ACC] = after
+    return records
+
+
+def _report(vgpo_after=(0.7, 0.72), grpo_after=(0.6, 0.62)):
+    runs = {}
+    for algo, afters in (("grpo", grpo_after), ("vgpo", vgpo_after)):
+        runs[algo] = [{"seed": seed, "metrics_file": f"runs/{algo}_seed{seed}/metrics.jsonl",
+                       **experiment.collect_run(_records(0.5, after, [0.4, 0.5, 0.6], focus=algo == "vgpo"), 10.0)}
+                      for seed, after in enumerate(afters)]
+    settings = {"seeds": [0, 1], "steps": 3, "knobs": {"VAL_SIZE": 200}, "machine": "test", "total_wall_s": 40.0}
+    return experiment.assemble_report(settings, runs)
+
+
+def test_report_json_has_one_entry_per_seed_in_order():
+    report = _report()
+    vgpo = report["algorithms"]["vgpo"]
+    assert vgpo["seeds"] == [0, 1]
+    assert vgpo["val_acc_before"] == [0.5, 0.5] and vgpo["val_acc_after"] == [0.7, 0.72]
+    assert vgpo["reward"] == [[0.4, 0.5, 0.6]] * 2
+    assert vgpo["focus_pos_bins"][0][0] == pytest.approx([0.4, 0.35, 0.3, 0.25, 0.2])
+    assert report["algorithms"]["grpo"]["focus_pos_bins"] == [None, None]
+    json.dumps(report)  # serialisable as written
+
+
+def test_table_and_difference_statement():
+    row = experiment.algorithm_table_row(_report()["algorithms"]["vgpo"])
+    assert row["val_acc_after"][0] == pytest.approx(0.71)
+    assert row["val_acc_after"][1] == pytest.approx(math.sqrt(2) * 0.01)
+    assert row["focus_last_over_first"][0] == pytest.approx(0.5)
+    assert row["train_reward"][0] == pytest.approx(0.5)
+    assert experiment.algorithm_table_row(_report()["algorithms"]["grpo"])["focus_first_third"] is None
+
+    assert "+10.0 points" in experiment.difference_statement(_report()) and "exceeds the spread" in \
+        experiment.difference_statement(_report())
+    close = experiment.difference_statement(_report(vgpo_after=(0.6, 0.7), grpo_after=(0.62, 0.66)))
+    assert "+1.0 points" in close and "does not exceed" in close
+
+
+def test_report_md_and_plots(tmp_path):
+    report = _report()
+    plots = experiment.plot_report(report, tmp_path)
+    for name in plots:
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    text = experiment.write_report_md(report, tmp_path / "report.md", plots)
+    assert "| vgpo | 0.500 ± 0.000 | 0.710 ± 0.014 |" in text
+    assert "| grpo |" in text and "n/a" in text
+    assert "![curves](curves.png)" in text
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(algorithms=["grpo", "ppo"]), r"unknown algorithm\(s\) \['ppo'\]"),
+    (dict(steps=0), "budget too small to train: --steps"),
+    (dict(knobs={"TRAIN_SIZE": 8}), "budget too small to train: 2 steps of 16 prompts"),
+    (dict(timeout_s=30), "budget too small to train: --timeout"),
+    (dict(seeds=[]), "seeds must be distinct"),
+])
+def test_bad_settings_are_refused(kwargs, message):
+    arguments = dict(algorithms=["grpo", "vgpo"], seeds=[0], steps=2, knobs=dict(demo.DEMO_SETTINGS), timeout_s=600)
+    if "knobs" in kwargs:
+        arguments["knobs"].update(kwargs.pop("knobs"))
+    arguments.update(kwargs)
+    with pytest.raises(experiment.ExperimentError, match=message):
+        experiment.check_settings(**arguments)
+
+
+def test_an_output_folder_of_another_experiment_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps({"steps": 99}))
+    (out / "report.json").write_text("{}")
+    code = experiment.main(["--out", str(out), "--seeds", "0", "--steps", "1"])
+    assert code == 1
+    assert "already holds an experiment's results (other settings" in capsys.readouterr().err
+    assert (out / "report.json").read_text() == "{}"
+
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    (unrelated / "notes.txt").write_text("mine")
+    assert experiment.main(["--out", str(unrelated), "--steps", "1", "--overwrite"]) == 1
+    assert "holds no experiment" in capsys.readouterr().err
+    assert (unrelated / "notes.txt").read_text() == "mine"
+
+
+def test_unknown_algorithm_on_the_command_line(tmp_path, capsys):
+    assert experiment.main(["--out", str(tmp_path / "x"), "--algorithms", "grpo", "dapo"]) == 1
+    assert "unknown algorithm(s) ['dapo']" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
