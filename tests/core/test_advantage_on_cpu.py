@@ -63,28 +63,38 @@ def test_schedules_by_hand():
 
 def test_position_fraction_counts_valid_tokens_only():
     mask = torch.tensor([[1, 1, 0, 1, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
-    rank, lengths, u = position_fractions(mask)
-    assert lengths.tolist() == [3, 1, 0]
-    torch.testing.assert_close(u[0][mask[0]], torch.tensor([0.0, 0.5, 1.0]))
-    assert u[1, 0] == 0.0  # T == 1
-    assert rank[0][mask[0]].tolist() == [0, 1, 2]
+    pos = position_fractions(mask)
+    assert pos.lengths.tolist() == [3, 1, 0]
+    assert not pos.contiguous  # row 0 has a hole
+    torch.testing.assert_close(pos.u[0][mask[0]], torch.tensor([0.0, 0.5, 1.0]))
+    assert pos.u[1, 0] == 0.0  # T == 1
+    assert pos.rank[0][mask[0]].tolist() == [0, 1, 2]
+    assert torch.all(pos.u[~mask] == 0)
+    prefix = position_fractions(torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]]))
+    assert prefix.contiguous and prefix.lengths.tolist() == [3, 1, 0]
+    torch.testing.assert_close(prefix.u, torch.tensor([[0.0, 0.5, 1.0, 0.0], [0.0] * 4, [0.0] * 4]))
+
+
+def test_mask_must_be_binary():
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        position_fractions(torch.tensor([[1.0, 0.5]]))
 
 
 def test_gate_keeps_exactly_k_tail_tokens_ties_to_earlier():
     w0 = torch.tensor([[0.99, 0.98, 0.97, 0.96, 0.95, 0.3, 0.9, 0.9, 0.1, 0.2]])
     mask = torch.ones_like(w0, dtype=torch.bool)
-    rank, lengths, _ = position_fractions(mask)
+    pos = position_fractions(mask)
     # T=10, gamma=0.5: window = indices 5..9 (5 tokens); kappa 0.2 -> k = 1; tie 6/7 -> 6
-    gate = tail_gate(w0, mask, rank, lengths, VGPOConfig(gate_start=0.5, gate_top_ratio=0.2))
+    gate = tail_gate(w0, pos, VGPOConfig(gate_start=0.5, gate_top_ratio=0.2))
     assert gate.nonzero()[:, 1].tolist() == [6]
     # kappa 0.5 -> k = floor(2.5) = 2 -> 6 and 7, never the large weights before the window
-    gate = tail_gate(w0, mask, rank, lengths, VGPOConfig(gate_start=0.5, gate_top_ratio=0.5))
+    gate = tail_gate(w0, pos, VGPOConfig(gate_start=0.5, gate_top_ratio=0.5))
     assert gate.nonzero()[:, 1].tolist() == [6, 7]
     # kappa 0 still boosts one token (k = max(1, .))
-    gate = tail_gate(w0, mask, rank, lengths, VGPOConfig(gate_start=0.5, gate_top_ratio=0.0))
+    gate = tail_gate(w0, pos, VGPOConfig(gate_start=0.5, gate_top_ratio=0.0))
     assert int(gate.sum()) == 1
     # gamma 0.75 with T=10: window starts at floor(7.5) = 7
-    gate = tail_gate(w0, mask, rank, lengths, VGPOConfig(gate_start=0.75, gate_top_ratio=1.0))
+    gate = tail_gate(w0, pos, VGPOConfig(gate_start=0.75, gate_top_ratio=1.0))
     assert gate.nonzero()[:, 1].tolist() == [7, 8, 9]
 
 
@@ -321,6 +331,7 @@ def test_metrics_cover_spec_section_6():
         "trajectory_weight/mean", "trajectory_weight/min", "trajectory_weight/max",
         "focus/mean", "focus/first_third", "focus/last_third", "focus/last_over_first",
         "gate_pass_rate", "no_signal_fraction", "timing/reweight_s",
+        *(f"focus/pos_bin_{k}" for k in range(5)),
     ):  # fmt: skip
         assert math.isfinite(metrics["vgpo/" + key]), key
     valid = mask.bool()
@@ -371,3 +382,125 @@ def test_vectorised_matches_per_row_reference(cfg, seed, discrete):
     ours, _ = compute_vgpo_advantage(token_rewards, mask, index, rho, {"vgpo": dict(cfg.__dict__)})
     expected = reference_advantage(grpo(token_rewards, mask, index), rho, mask, index, cfg)
     torch.testing.assert_close(ours, expected, atol=5e-5, rtol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cfg=configs, seed=st.integers(0, 10_000), discrete=st.booleans())
+def test_vectorised_matches_per_row_reference_with_holes(cfg, seed, discrete):
+    """Masks with holes (multi-turn tool outputs): positions count valid tokens only, the gate window too."""
+    g = torch.Generator().manual_seed(seed)
+    bs, L = 10, 13
+    mask = (torch.rand(bs, L, generator=g) < 0.7).float()
+    mask[0] = 0.0
+    mask[1, 3] = 0.0  # at least one hole
+    mask[1, :3] = 1.0
+    mask[1, 4] = 1.0
+    if discrete:
+        rho = torch.randint(-1, 3, (bs, L), generator=g).float() / 2
+    else:
+        rho = torch.rand(bs, L, generator=g) * 2 - 0.5
+    rho[mask == 0] = float("nan")  # garbage where the mask hides it
+    index = np.array([f"u{int(i)}" for i in torch.randint(0, 3, (bs,), generator=g)], dtype=object)
+    w = vgpo_weights(rho, mask, index, cfg)
+    assert not w.positions.contiguous
+    psi_ref, alpha_ref = reference_weights(rho, mask, index, cfg)
+    torch.testing.assert_close(w.token_weight, psi_ref, atol=2e-5, rtol=0)
+    torch.testing.assert_close(w.trajectory_weight, alpha_ref, atol=2e-5, rtol=0)
+
+
+def test_gate_with_holes_counts_valid_tokens_only():
+    # valid columns 0, 2, 3, 5, 6, 8 (T = 6); gamma 0.5 -> window = ranks 3..5 = columns 5, 6, 8
+    mask = torch.tensor([[1, 0, 1, 1, 0, 1, 1, 0, 1]], dtype=torch.float32)
+    w0 = torch.tensor([[0.9, 5.0, 0.8, 0.7, 5.0, 0.1, 0.3, 5.0, 0.3]])
+    pos = position_fractions(mask)
+    gate = tail_gate(w0 * mask, pos, VGPOConfig(gate_start=0.5, gate_top_ratio=0.5))  # k = 1; tie 6/8 -> 6
+    assert gate.nonzero()[:, 1].tolist() == [6]
+    gate = tail_gate(w0 * mask, pos, VGPOConfig(gate_start=0.5, gate_top_ratio=1.0))
+    assert gate.nonzero()[:, 1].tolist() == [5, 6, 8]
+
+
+def test_gate_ties_keep_the_earliest_positions_across_buckets(monkeypatch):
+    """Many equal weights (w0 = 0 after the floor): exactly k pass, the earliest; bucketing does not matter."""
+    import verl_vgpo.advantage as advantage
+
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(1, 40, (37,), generator=g)
+    mask = (torch.arange(40).unsqueeze(0) < lengths.unsqueeze(1)).float()
+    w0 = (torch.randint(0, 3, (37, 40), generator=g).float() / 2) * mask
+    cfg = VGPOConfig(gate_start=0.3, gate_top_ratio=0.5)
+    pos = position_fractions(mask)
+    expected = tail_gate(w0, pos, cfg)
+    for i in range(37):
+        T = int(lengths[i])
+        start = int(0.3 * T)
+        k = max(1, int(0.5 * (T - start)))
+        ranked = sorted(range(start, T), key=lambda j: (-float(w0[i, j]), j))[:k]
+        assert expected[i].nonzero().squeeze(-1).tolist() == sorted(ranked)
+    monkeypatch.setattr(advantage, "_GATE_BUCKET_ROWS", 5)
+    torch.testing.assert_close(tail_gate(w0, pos, cfg), expected, rtol=0, atol=0)
+
+
+def test_gate_refuses_negative_weights():
+    mask = torch.ones(1, 4)
+    with pytest.raises(ValueError, match=">= 0"):
+        tail_gate(torch.tensor([[0.1, -0.2, 0.3, 0.4]]), position_fractions(mask), VGPOConfig())
+
+
+# ---------------------------------------------------------------- forgetting curve metric
+
+
+def test_focus_position_bins_by_hand():
+    from verl_vgpo.advantage import FOCUS_POSITION_BINS
+
+    assert FOCUS_POSITION_BINS == 5
+    # T = 11: u = 0, .1, ..., 1 -> bins 0,0,1,1,2,2,3,3,4,4,4 (u = 0.2 exactly is bin 1; u = 1 is in the last bin)
+    L = 11
+    rho = torch.arange(L, dtype=torch.float32).unsqueeze(0) / 10  # rho = u
+    tr, mask = outcome_batch([L, 1], [1.0, 0.0], L=L)
+    rho = torch.cat([rho, torch.full((1, L), 0.5)])
+    metrics = {}
+    compute_vgpo_advantage(tr, mask, np.array(["a", "a"], dtype=object), rho, algo(), metrics=metrics)
+    # the one-token row has u = 0: bin 0
+    expected = [(0.0 + 0.1 + 0.5) / 3, (0.2 + 0.3) / 2, (0.4 + 0.5) / 2, (0.6 + 0.7) / 2, (0.8 + 0.9 + 1.0) / 3]
+    for k, value in enumerate(expected):
+        assert metrics[f"vgpo/focus/pos_bin_{k}"] == pytest.approx(value, abs=1e-6), k
+
+
+def test_focus_position_bins_empty_bin_is_nan_and_no_signal_rows_are_left_out():
+    # T = 2: u = 0 (bin 0) and u = 1 (bin 4); bins 1-3 have no token -> NaN, the keys are still logged
+    tr, mask = outcome_batch([2, 3], [1.0, 0.0], L=3)
+    rho = torch.tensor([[0.25, 0.75, 0.0], [float("nan")] * 3])  # row 1: no visual token
+    metrics = {}
+    compute_vgpo_advantage(tr, mask, np.array(["a", "a"], dtype=object), rho, algo(), metrics=metrics)
+    assert metrics["vgpo/focus/pos_bin_0"] == pytest.approx(0.25)
+    assert metrics["vgpo/focus/pos_bin_4"] == pytest.approx(0.75)
+    for k in (1, 2, 3):
+        assert math.isnan(metrics[f"vgpo/focus/pos_bin_{k}"])
+
+
+def test_focus_position_bins_count_valid_tokens_of_rows_with_holes():
+    # valid columns 0, 2, 4 (T = 3): u = 0, 0.5, 1 -> bins 0, 2, 4; negative focus is kept raw
+    mask = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0]])
+    tr = torch.zeros(1, 5)
+    rho = torch.tensor([[-0.5, 9.0, 0.25, 9.0, 0.5]])
+    metrics = {}
+    compute_vgpo_advantage(tr, mask, np.array(["a"], dtype=object), rho, algo(), metrics=metrics)
+    assert [metrics[f"vgpo/focus/pos_bin_{k}"] for k in (0, 2, 4)] == pytest.approx([-0.5, 0.25, 0.5])
+    assert math.isnan(metrics["vgpo/focus/pos_bin_1"]) and math.isnan(metrics["vgpo/focus/pos_bin_3"])
+
+
+def test_focus_position_bins_match_a_loop_over_tokens():
+    tr, mask, rho, index = _random_batch(12, bs=16, L=23)
+    metrics = {}
+    compute_vgpo_advantage(tr, mask, index, rho, algo(), metrics=metrics)
+    sums, counts = [0.0] * 5, [0] * 5
+    for i in range(16):
+        cols = mask[i].nonzero().squeeze(-1).tolist()
+        T = len(cols)
+        for t, c in enumerate(cols):
+            u = t / (T - 1) if T > 1 else 0.0
+            k = min(4, int(math.floor(u * 5 + 1e-9)))
+            sums[k] += float(rho[i, c])
+            counts[k] += 1
+    for k in range(5):
+        assert metrics[f"vgpo/focus/pos_bin_{k}"] == pytest.approx(sums[k] / counts[k], abs=1e-6)
