@@ -201,22 +201,22 @@ PRESETS: dict[str, TinyVLMSize] = {
 }
 
 
-# What each family changes in a preset, from the real checkpoints' configs: Qwen3-VL and Qwen3.5 use
-# 16-pixel patches (so a merged token covers 32x32 pixels, the smallest image side); Qwen3.5 rotates a
-# quarter of each head (partial_rotary_factor 0.25) and the tiny one uses 2 wide heads so that quarter
-# still holds an M-RoPE split of 3 non-empty sections.
+# What each family changes in every preset, from the real checkpoints' configs: Qwen3-VL and Qwen3.5 use
+# 16-pixel patches (so a merged token covers 32x32 pixels, the smallest image side).
+FAMILY_CHANGES: dict[str, dict] = {
+    "qwen2_5_vl": {},
+    "qwen3_vl": dict(patch_size=16, min_pixels=32 * 32),
+    "qwen3_5": dict(patch_size=16, min_pixels=32 * 32, partial_rotary_factor=0.25),
+}
+# ... and per preset, where the head sizes need it: Qwen3.5 rotates a quarter of each head
+# (partial_rotary_factor 0.25), so the M-RoPE split covers head_dim/8 frequencies; the tiny test model
+# uses 2 wide heads so that this quarter still holds 3 non-empty sections.
 FAMILY_PRESET_CHANGES: dict[str, dict[str, dict]] = {
     "qwen2_5_vl": {},
-    "qwen3_vl": {
-        "test": dict(patch_size=16, min_pixels=32 * 32),
-        "bench": dict(patch_size=16, min_pixels=32 * 32),
-    },
+    "qwen3_vl": {},
     "qwen3_5": {
-        "test": dict(
-            patch_size=16, min_pixels=32 * 32, num_attention_heads=2, num_key_value_heads=1,
-            partial_rotary_factor=0.25, mrope_section=(2, 1, 1),
-        ),
-        "bench": dict(patch_size=16, min_pixels=32 * 32, partial_rotary_factor=0.25, mrope_section=(3, 3, 2)),
+        "test": dict(num_attention_heads=2, num_key_value_heads=1, mrope_section=(2, 1, 1)),
+        "bench": dict(mrope_section=(3, 3, 2)),
     },
 }
 
@@ -497,11 +497,8 @@ def resolve_size(preset: str = "test", family: str = DEFAULT_FAMILY, **overrides
         raise ValueError(f"unknown tiny VLM size field(s) {unknown}; allowed: {sorted(known)}")
     if "mrope_section" in overrides:
         overrides["mrope_section"] = tuple(overrides["mrope_section"])
-    base = PRESETS[preset]
-    family_changes = FAMILY_PRESET_CHANGES[family].get(preset, {})
-    if family_changes:
-        base = dataclasses.replace(base, **family_changes)
-    return dataclasses.replace(base, **overrides)
+    changes = {**FAMILY_CHANGES[family], **FAMILY_PRESET_CHANGES[family].get(preset, {}), **overrides}
+    return dataclasses.replace(PRESETS[preset], **changes)
 
 
 def build_tiny_vlm(
@@ -515,7 +512,8 @@ def build_tiny_vlm(
     """Build (or reuse) a random offline checkpoint of a Qwen-VL ``family`` in ``out_dir``; return its path.
 
     ``family``: one of :data:`FAMILIES` (``qwen2_5_vl``, ``qwen3_vl``, ``qwen3_5``); the preset's
-    sizes get the family's changes (:data:`FAMILY_PRESET_CHANGES`) before ``size_overrides``.
+    sizes get the family's changes (:data:`FAMILY_CHANGES`, :data:`FAMILY_PRESET_CHANGES`) before
+    ``size_overrides``.
 
     ``size_overrides`` replace fields of :class:`TinyVLMSize` (e.g. ``hidden_size=128``).
     ``model_vocab_size`` makes the embedding and lm_head larger than the tokenizer (as real Qwen
