@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_focus.py
 	$(PY) benchmarks/bench_logprob_focus.py
 	$(PY) benchmarks/bench_step.py
+	$(PY) benchmarks/gpu_check.py --smoke --out artifacts/gpu_check_smoke.json
 
 clean-venv:
 	rm -rf $(VENV)

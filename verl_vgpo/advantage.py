@@ -432,25 +432,42 @@ def compute_vgpo_advantage(
     started = time.perf_counter()
     cfg = VGPOConfig.from_algorithm_config(config)
     advantages, _ = base_advantage(token_level_rewards, response_mask, index, config, cfg.base_estimator, **kwargs)
+    if advantages.data_ptr() in (token_level_rewards.data_ptr(), response_mask.data_ptr()):
+        advantages = advantages.clone()  # reweight_advantage writes in place: never into the caller's tensors
+    advantages = reweight_advantage(advantages, focus_scores, response_mask, index, cfg, metrics=metrics)
+    if metrics is not None:
+        metrics[METRIC_PREFIX + "timing/reweight_s"] = time.perf_counter() - started
+    # every supported base estimator is an outcome estimator whose returns equal its advantages;
+    # the re-weighted advantage keeps that relation (as verl's GRPO does)
+    return advantages, advantages
+
+
+def reweight_advantage(
+    advantages: torch.Tensor,
+    focus_scores: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Any,
+    cfg: VGPOConfig,
+    metrics: Optional[dict[str, float]] = None,
+) -> torch.Tensor:
+    """A * alpha * psi * mask from a base outcome advantage A (bs, L); the VGPO part of the estimator.
+
+    ``advantages`` is multiplied in place when it is float32 (pass a tensor you own, e.g. the base
+    estimator's fresh output); returns the (bs, L) float32 result. ``metrics`` as in
+    :func:`compute_vgpo_advantage`. Needs no verl: the GPU check times it with a verl-free GRPO.
+    """
     focus_scores = focus_scores.to(advantages.device)
     response_mask = response_mask.to(advantages.device)
     weights = vgpo_weights(focus_scores, response_mask, index, cfg)
-    # A * psi * alpha * mask, in place on the base estimator's fresh output
     advantages = advantages.to(torch.float32)
-    if advantages.data_ptr() in (token_level_rewards.data_ptr(), response_mask.data_ptr()):
-        advantages = advantages.clone()  # never write into the caller's tensors
     if cfg.intra_trajectory:
         advantages.mul_(weights.token_weight)
     if cfg.inter_trajectory:
         advantages.mul_(weights.trajectory_weight.unsqueeze(-1))
     advantages.mul_(weights.positions.mask)
-    # every supported base estimator is an outcome estimator whose returns equal its advantages;
-    # the re-weighted advantage keeps that relation (as verl's GRPO does)
-    returns = advantages
     if metrics is not None:
         metrics.update(vgpo_metrics(weights, focus_scores, response_mask, cfg))
-        metrics[METRIC_PREFIX + "timing/reweight_s"] = time.perf_counter() - started
-    return advantages, returns
+    return advantages
 
 
 def focus_position_bins(positions: Positions, bins: int = FOCUS_POSITION_BINS) -> torch.Tensor:
