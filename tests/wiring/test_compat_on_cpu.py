@@ -176,3 +176,89 @@ def test_qwen3_5_packed_torch_fallback_fix_runs_each_sequence_alone():
     assert torch.equal(seen["cu_seqlens"], inputs[-1]) and torch.equal(out, inputs[2])
     compat.fix_qwen3_5_packed_linear_attention_fallback()  # idempotent
     assert verl_qwen3_5._packed_chunk_gated_delta_rule is fixed
+
+
+# --- one vision-tower pass per micro-batch with images and videos (verl 0.9.x, transformers >= 5) ------
+
+
+def _mixed_micro_batch(model_path):
+    """verl's inputs for one packed micro-batch holding an image sample and a video sample."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from tests.wiring.vlm_batches import standard_samples
+
+    processor = AutoProcessor.from_pretrained(model_path)
+    model = AutoModelForImageTextToText.from_pretrained(model_path, attn_implementation="sdpa").eval()
+    by_name = {sample.name: sample for sample in standard_samples(processor, model)}
+    # the video first: the order of the visual items in the sequence is not images-then-videos
+    video, image, images = by_name["video_only"], by_name["image"], by_name["two_images"]
+    input_ids = torch.cat([video.input_ids, image.input_ids, images.input_ids]).unsqueeze(0)
+    inputs = dict(
+        pixel_values=torch.cat([image.multi_modal_inputs["pixel_values"], images.multi_modal_inputs["pixel_values"]]),
+        pixel_values_videos=video.multi_modal_inputs["pixel_values_videos"],
+        image_grid_thw=torch.cat([image.multi_modal_inputs["image_grid_thw"], images.multi_modal_inputs["image_grid_thw"]]),
+        video_grid_thw=video.multi_modal_inputs["video_grid_thw"],
+    )
+    return model, input_ids, inputs
+
+
+def _tower_calls_and_output(function, model, input_ids, inputs):
+    calls = []
+    handle = model.model.visual.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        with torch.no_grad():
+            output = function(model.model, input_ids, None, **inputs)
+    finally:
+        handle.remove()
+    return len(calls), output
+
+
+def _embedding_outputs(output) -> dict:
+    """verl's helpers return (inputs_embeds, attention_mask) (Qwen2-VL) or a dict (Qwen3-VL, Qwen3.5)."""
+    if isinstance(output, tuple):
+        return {"inputs_embeds": output[0]}
+    return {key: value for key, value in output.items() if value is not None and key != "attention_mask"}
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
+def test_verls_get_input_embeds_still_runs_the_vision_tower_per_modality(tiny_vlm_of, family):
+    import importlib
+
+    module = importlib.import_module(
+        {"qwen2_5_vl": "verl.models.transformers.qwen2_vl", "qwen3_vl": "verl.models.transformers.qwen3_vl",
+         "qwen3_5": "verl.models.transformers.qwen3_5"}[family]
+    )
+    assert compat.versions_match(**compat.ONE_VISION_PASS_VERSIONS)
+    verls_own = getattr(module._get_input_embeds, "__wrapped__", module._get_input_embeds)
+    model, input_ids, inputs = _mixed_micro_batch(tiny_vlm_of(family))
+    calls, _ = _tower_calls_and_output(verls_own, model, input_ids, inputs)
+    assert calls == 2  # one pass for the images, one more for the video
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
+def test_one_vision_pass_gives_verls_embeddings(tiny_vlm_of, family):
+    import importlib
+
+    module = importlib.import_module(
+        {"qwen2_5_vl": "verl.models.transformers.qwen2_vl", "qwen3_vl": "verl.models.transformers.qwen3_vl",
+         "qwen3_5": "verl.models.transformers.qwen3_5"}[family]
+    )
+    compat.fix_qwen_vl_one_vision_pass_per_micro_batch()
+    assert module._get_input_embeds.vgpo_one_vision_pass
+    model, input_ids, inputs = _mixed_micro_batch(tiny_vlm_of(family))
+    calls, fixed = _tower_calls_and_output(module._get_input_embeds, model, input_ids, inputs)
+    _, expected = _tower_calls_and_output(module._get_input_embeds.__wrapped__, model, input_ids, inputs)
+    assert calls == 1
+    fixed, expected = _embedding_outputs(fixed), _embedding_outputs(expected)
+    assert fixed.keys() == expected.keys()
+    for key, value in expected.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        actual = fixed[key] if isinstance(fixed[key], (list, tuple)) else [fixed[key]]
+        assert len(actual) == len(values), key
+        for a, e in zip(actual, values):
+            torch.testing.assert_close(a, e, rtol=0, atol=1e-5, msg=f"{family}: {key}")
+    # the image/video pads really carry visual features (not the pad tokens' embeddings)
+    embeds = fixed["inputs_embeds"][0]
+    video_pads = input_ids[0] == model.config.video_token_id
+    pad_embedding = model.model.get_input_embeddings().weight[model.config.video_token_id]
+    assert not torch.allclose(embeds[video_pads][0], pad_embedding)

@@ -175,3 +175,99 @@ def fix_qwen3_5_packed_linear_attention_fallback() -> None:
 
     packed_chunk_gated_delta_rule.vgpo_torch_fallback_fix = True  # type: ignore[attr-defined]
     qwen3_5._packed_chunk_gated_delta_rule = packed_chunk_gated_delta_rule
+
+
+# ---------------------------------------------------------------------------------------------------
+# verl 0.9.x: Qwen2/2.5-VL, Qwen3-VL, Qwen3.5 run the vision tower once per modality of a micro-batch
+# ---------------------------------------------------------------------------------------------------
+
+ONE_VISION_PASS_VERSIONS = {"verl": ">=0.9,<0.10", "transformers": ">=5"}
+# verl modules whose ``_get_input_embeds(model, input_ids, attention_mask, pixel_values,
+# pixel_values_videos, image_grid_thw, video_grid_thw)`` runs ``model.visual`` per modality
+ONE_VISION_PASS_MODULES = (
+    "verl.models.transformers.qwen2_vl",
+    "verl.models.transformers.qwen3_vl",
+    "verl.models.transformers.qwen3_5",
+)
+
+
+def joint_visual_inputs(input_ids, pixel_values, pixel_values_videos, image_grid_thw, video_grid_thw,
+                        image_token_id: int, video_token_id: int, merge_size: int):
+    """Images and videos of one micro-batch as ONE list of visual items, in the order they appear.
+
+    Args:
+        input_ids: (B, L) or (1, total) token ids holding each item's pads contiguously.
+        pixel_values: (image patches, D); pixel_values_videos: (video patches, D), the same D.
+        image_grid_thw: (I, 3); video_grid_thw: (V, 3) patch grids.
+    Returns:
+        (input_ids with video pads relabelled as image pads, (patches, D) pixels of all items in
+        sequence order, (I + V, 3) their grids): what the image branch of verl's embedding helper
+        consumes to place every item's features on its own pads with a single vision-tower pass.
+    """
+    grids = torch.cat([image_grid_thw, video_grid_thw]).to(torch.long)
+    patches = grids.prod(-1)
+    tokens = patches // merge_size**2
+    n_images = image_grid_thw.shape[0]
+    flat = input_ids.reshape(-1)
+    starts = []
+    for token_id, item_tokens in ((image_token_id, tokens[:n_images]), (video_token_id, tokens[n_images:])):
+        positions = (flat == token_id).nonzero()[:, 0]
+        first = item_tokens.cumsum(0) - item_tokens
+        starts.append(positions[first.to(positions.device)].cpu())
+    order = torch.argsort(torch.cat(starts))
+    chunks = list(pixel_values.split(patches[:n_images].tolist())) + list(
+        pixel_values_videos.to(pixel_values.dtype).split(patches[n_images:].tolist())
+    )
+    pixels = torch.cat([chunks[i] for i in order.tolist()])
+    relabelled = torch.where(input_ids == video_token_id, torch.full_like(input_ids, image_token_id), input_ids)
+    return relabelled, pixels, grids[order.to(grids.device)]
+
+
+def fix_qwen_vl_one_vision_pass_per_micro_batch() -> None:
+    """Run the vision tower once per micro-batch, also when it holds images AND videos.
+
+    For: verl 0.9.x (``_get_input_embeds`` of ``qwen2_vl.py``, ``qwen3_vl.py``, ``qwen3_5.py``) with
+    transformers >= 5. verl calls ``model.visual`` once for the images and once more for the videos of a
+    micro-batch (once on a dummy image when it has neither). Under FSDP every call all-gathers the
+    tower's shards, so when one rank's micro-batch holds images and a video while another rank's holds
+    one modality, the ranks issue different collectives: gloo fails ("Connection reset by peer"), NCCL
+    hangs. This wrapper hands verl's helper ONE list of visual items (:func:`joint_visual_inputs`:
+    every item's patches in sequence order, video pads relabelled as image pads), so its image branch
+    places every item's features (and Qwen3-VL's DeepStack features) on its own pads after a single
+    tower pass; the tower attends within each item's grid, so the features are the same. Micro-batches
+    with one modality or none go to verl unchanged. verl's own function stays reachable as
+    ``__wrapped__``.
+    """
+    if not versions_match(**ONE_VISION_PASS_VERSIONS):
+        return
+    import importlib
+
+    for module_name in ONE_VISION_PASS_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        original = getattr(module, "_get_input_embeds", None)
+        if original is None or getattr(original, "vgpo_one_vision_pass", False):
+            continue
+        module._get_input_embeds = _one_vision_pass(original)
+
+
+def _one_vision_pass(original):
+    @functools.wraps(original)
+    def get_input_embeds(model, input_ids, attention_mask=None, pixel_values=None, pixel_values_videos=None,
+                         image_grid_thw=None, video_grid_thw=None):
+        if pixel_values is None or pixel_values_videos is None:
+            return original(model, input_ids, attention_mask, pixel_values, pixel_values_videos,
+                            image_grid_thw, video_grid_thw)
+        config = model.config
+        input_ids, pixels, grids = joint_visual_inputs(
+            input_ids, pixel_values, pixel_values_videos, image_grid_thw, video_grid_thw,
+            config.image_token_id, config.video_token_id, config.vision_config.spatial_merge_size,
+        )
+        return original(model, input_ids, attention_mask, pixels, None, grids, None)
+
+    get_input_embeds.vgpo_one_vision_pass = True  # type: ignore[attr-defined]
+    # verl's own function, also when another workaround (the Qwen2-VL text-only one) wraps it already
+    get_input_embeds.__wrapped__ = getattr(original, "__wrapped__", original)  # type: ignore[attr-defined]
+    return get_input_embeds

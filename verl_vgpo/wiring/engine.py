@@ -316,4 +316,5 @@ def register_engines() -> None:
         raise FocusCaptureError("no FSDP language-model engine is registered in verl; cannot install VGPO capture")
     compat.fix_qwen2_vl_text_only_dummy()
     compat.fix_qwen3_5_packed_linear_attention_fallback()
+    compat.fix_qwen_vl_one_vision_pass_per_micro_batch()
     logger.debug("verl-vgpo: focus-capturing engines installed for %s", replaced)
