@@ -26,7 +26,7 @@ import torch
 from verl_vgpo.apps import demo
 
 RUN_TIMEOUT_S = 300
-BATCH_SIZE = 4  # prompts per step = ppo_mini_batch_size of the script: one optimiser update per step
+BATCH_SIZE = 4  # prompts per step, also the script's ppo_mini_batch_size: one optimiser update per step
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +36,14 @@ def resumed_runs(tmp_path_factory, tiny_vlm_path):
     subprocess.run([sys.executable, "-m", "verl_vgpo.data.easy_vqa", "--local_save_dir", str(data_dir),
                     "--train_size", "16", "--val_size", "4"], check=True, timeout=300)
     checkpoints = root / "checkpoints"
-    shared = [f"trainer.default_local_dir={checkpoints}", "trainer.save_freq=2", "trainer.test_freq=2",
-              f"data.train_batch_size={BATCH_SIZE}", f"actor_rollout_ref.actor.ppo_mini_batch_size={BATCH_SIZE}"]
-    first = demo.run_main_ppo("vgpo", 2, root / "first", Path(tiny_vlm_path), data_dir, RUN_TIMEOUT_S,
-                              [*shared, "trainer.total_training_steps=2"], quiet=True)
+    # the random tiny VLM needs the graded reward (strict 0/1 rewards would all be 0: no gradient to restore)
+    knobs = {"REWARD_FN": "compute_graded_score", "TEST_FREQ": 2, "BATCH_SIZE": BATCH_SIZE, "RESPONSE_LENGTH": 16}
+    shared = [f"trainer.default_local_dir={checkpoints}", "trainer.save_freq=2"]
+    first = demo.run_main_ppo("vgpo", 2, root, Path(tiny_vlm_path), data_dir, RUN_TIMEOUT_S, shared, quiet=True,
+                              knobs=knobs, run_name="first")
     first_records = demo.read_metrics(first["metrics_path"])
-    second = demo.run_main_ppo("vgpo", 4, root / "resumed", Path(tiny_vlm_path), data_dir, RUN_TIMEOUT_S,
-                               [*shared, "trainer.total_training_steps=4", "trainer.resume_mode=auto"], quiet=True)
+    second = demo.run_main_ppo("vgpo", 4, root, Path(tiny_vlm_path), data_dir, RUN_TIMEOUT_S,
+                               [*shared, "trainer.resume_mode=auto"], quiet=True, knobs=knobs, run_name="resumed")
     return {"first": first_records, "resumed": demo.read_metrics(second["metrics_path"]),
             "resumed_log": Path(second["log_path"]).read_text(), "checkpoints": checkpoints}
 
@@ -83,7 +84,8 @@ def test_resume_restores_the_optimiser_state(resumed_runs):
 def test_vgpo_metrics_continue_after_resume(resumed_runs):
     for record in resumed_runs["resumed"]:
         vgpo_metrics = {key: value for key, value in record.items() if key.startswith("vgpo/")}
-        for key in ("vgpo/focus/mean", "vgpo/token_weight/mean", "vgpo/trajectory_weight/mean", "vgpo/no_signal_fraction"):
+        for key in ("vgpo/focus/mean", "vgpo/token_weight/mean", "vgpo/trajectory_weight/mean",
+                    "vgpo/no_signal_fraction"):
             assert key in vgpo_metrics, f"step {record['step']}: {key} missing after resume"
         assert all(math.isfinite(float(value)) for value in vgpo_metrics.values()), vgpo_metrics
         assert record["vgpo/no_signal_fraction"] == 0.0  # every easy-vqa prompt has an image
