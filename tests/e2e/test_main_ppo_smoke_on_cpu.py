@@ -90,21 +90,27 @@ def test_vgpo_metrics_are_logged_finite_with_focus_for_every_image_sample(vgpo_r
     records, _ = vgpo_run
     assert [record["step"] for record in records] == [1, 2]
     for record in records:
-        vgpo_metrics = {key: value for key, value in record.items() if key.startswith("vgpo/")}
-        for key in (*demo.PSI_METRICS, *demo.ALPHA_METRICS, demo.FOCUS_FIRST_METRIC, demo.FOCUS_LAST_METRIC,
-                    "vgpo/focus/mean", "vgpo/no_signal_fraction", "vgpo/gate_pass_rate"):
-            assert key in vgpo_metrics, f"step {record['step']}: {key} missing; logged {sorted(vgpo_metrics)}"
-        bad = {key: value for key, value in vgpo_metrics.items() if not math.isfinite(float(value))}
-        assert not bad, f"step {record['step']}: non-finite VGPO metrics {bad}"
-        # every easy-vqa prompt has an image: every trajectory has a focus signal
-        assert record["vgpo/no_signal_fraction"] == 0.0
-        assert TOKEN_WEIGHT_CLIP[0] <= record["vgpo/token_weight/min"] <= record["vgpo/token_weight/max"] <= TOKEN_WEIGHT_CLIP[1]
-        assert (TRAJECTORY_WEIGHT_CLIP[0] - 1e-6 <= record["vgpo/trajectory_weight/min"]
-                <= record["vgpo/trajectory_weight/max"] <= TRAJECTORY_WEIGHT_CLIP[1] + 1e-6)
-        # re-weighting is active: token weights spread around 1 and some trajectory is boosted
-        assert record["vgpo/token_weight/min"] < 1.0 < record["vgpo/token_weight/max"]
-        assert record["vgpo/trajectory_weight/max"] > 1.0
-        assert -1.0 <= record["vgpo/focus/mean"] <= 1.0
+        assert_vgpo_step_metrics(record)
+
+
+def assert_vgpo_step_metrics(record: dict) -> None:
+    """One logged VGPO step of an image-only run: finite metrics, a focus signal everywhere, weights in range
+    (also used by test_main_ppo_families_on_cpu.py)."""
+    vgpo_metrics = {key: value for key, value in record.items() if key.startswith("vgpo/")}
+    for key in (*demo.PSI_METRICS, *demo.ALPHA_METRICS, demo.FOCUS_FIRST_METRIC, demo.FOCUS_LAST_METRIC,
+                "vgpo/focus/mean", "vgpo/no_signal_fraction", "vgpo/gate_pass_rate"):
+        assert key in vgpo_metrics, f"step {record['step']}: {key} missing; logged {sorted(vgpo_metrics)}"
+    bad = {key: value for key, value in vgpo_metrics.items() if not math.isfinite(float(value))}
+    assert not bad, f"step {record['step']}: non-finite VGPO metrics {bad}"
+    # every easy-vqa prompt has an image: every trajectory has a focus signal
+    assert record["vgpo/no_signal_fraction"] == 0.0
+    assert TOKEN_WEIGHT_CLIP[0] <= record["vgpo/token_weight/min"] <= record["vgpo/token_weight/max"] <= TOKEN_WEIGHT_CLIP[1]
+    assert (TRAJECTORY_WEIGHT_CLIP[0] - 1e-6 <= record["vgpo/trajectory_weight/min"]
+            <= record["vgpo/trajectory_weight/max"] <= TRAJECTORY_WEIGHT_CLIP[1] + 1e-6)
+    # re-weighting is active: token weights spread around 1 and some trajectory is boosted
+    assert record["vgpo/token_weight/min"] < 1.0 < record["vgpo/token_weight/max"]
+    assert record["vgpo/trajectory_weight/max"] > 1.0
+    assert -1.0 <= record["vgpo/focus/mean"] <= 1.0
 
 
 def test_vgpo_advantages_differ_from_grpo_on_the_same_rollouts(vgpo_run):

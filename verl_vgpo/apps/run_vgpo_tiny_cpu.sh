@@ -5,6 +5,7 @@
 #   ALGO=grpo STEPS=2 bash examples/run_vgpo_tiny_cpu.sh    # GRPO for comparison
 #   bash examples/run_vgpo_tiny_cpu.sh trainer.rollout_data_dir=/tmp/rollouts   # extra Hydra overrides
 #   WARM_START=0 REWARD_FN=compute_graded_score bash examples/run_vgpo_tiny_cpu.sh   # random model (CI smoke)
+#   MODEL_FAMILY=qwen3_vl bash examples/run_vgpo_tiny_cpu.sh   # tiny Qwen3-VL (or qwen3_5; default qwen2_5_vl)
 #
 # One file: examples/run_vgpo_tiny_cpu.sh is a link to verl_vgpo/apps/run_vgpo_tiny_cpu.sh, which the package
 # ships (vgpo-demo and vgpo-experiment run it from a non-editable install). It uses no repository path.
@@ -26,7 +27,13 @@ set -euo pipefail
 ALGO=${ALGO:-vgpo}
 STEPS=${STEPS:-4}
 OUT_DIR=${OUT_DIR:-artifacts/demo/${ALGO}}
-MODEL_DIR=${MODEL_DIR:-artifacts/tiny_vlm}
+MODEL_FAMILY=${MODEL_FAMILY:-qwen2_5_vl}         # tiny VLM family: qwen2_5_vl, qwen3_vl or qwen3_5
+case "$MODEL_FAMILY" in
+  qwen2_5_vl) IMAGE_PATCH_SIZE=14; MODEL_DIR=${MODEL_DIR:-artifacts/tiny_vlm} ;;
+  # Qwen3-VL / Qwen3.5 processors use 16-pixel patches; verl's dataset defaults to 14 (data.image_patch_size)
+  qwen3_vl|qwen3_5) IMAGE_PATCH_SIZE=16; MODEL_DIR=${MODEL_DIR:-artifacts/tiny_vlm_${MODEL_FAMILY}} ;;
+  *) echo "run_vgpo_tiny_cpu.sh: MODEL_FAMILY must be qwen2_5_vl, qwen3_vl or qwen3_5, got '$MODEL_FAMILY'" >&2; exit 2 ;;
+esac
 DATA_DIR=${DATA_DIR:-artifacts/easy_vqa}
 TRAIN_SIZE=${TRAIN_SIZE:-64}
 VAL_SIZE=${VAL_SIZE:-16}
@@ -47,8 +54,12 @@ case "$ALGO" in
 esac
 
 if [ ! -f "$MODEL_DIR/config.json" ]; then
-  if [ "$WARM_START" = 1 ]; then "$PYTHON" -m verl_vgpo.cpu.warm_start --out "$MODEL_DIR"
-  else "$PYTHON" -m verl_vgpo.cpu.tiny_vlm --out "$MODEL_DIR"; fi
+  if [ "$WARM_START" = 1 ]; then "$PYTHON" -m verl_vgpo.cpu.warm_start --out "$MODEL_DIR" --family "$MODEL_FAMILY"
+  else "$PYTHON" -m verl_vgpo.cpu.tiny_vlm --out "$MODEL_DIR" --family "$MODEL_FAMILY"; fi
+fi
+MODEL_TYPE=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["model_type"])' "$MODEL_DIR/config.json")
+if [ "$MODEL_TYPE" != "$MODEL_FAMILY" ]; then
+  echo "run_vgpo_tiny_cpu.sh: MODEL_DIR=$MODEL_DIR holds a $MODEL_TYPE model but MODEL_FAMILY=$MODEL_FAMILY" >&2; exit 2
 fi
 [ -f "$DATA_DIR/train.parquet" ] || "$PYTHON" -m verl_vgpo.data.easy_vqa \
   --local_save_dir "$DATA_DIR" --train_size "$TRAIN_SIZE" --val_size "$VAL_SIZE"
@@ -70,6 +81,7 @@ exec "$PYTHON" -m verl.trainer.main_ppo \
   data.max_response_length="$RESPONSE_LENGTH" \
   data.dataloader_num_workers=0 \
   data.seed="$SEED" \
+  data.image_patch_size="$IMAGE_PATCH_SIZE" \
   actor_rollout_ref.model.path="$MODEL_DIR" \
   actor_rollout_ref.model.use_remove_padding=False \
   +actor_rollout_ref.model.override_config.attn_implementation=sdpa \
