@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,13 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from verl_vgpo.wiring.engine import FocusHook, find_final_norm, focus_hook  # noqa: E402
-from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_SECONDS_KEY  # noqa: E402
-from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm  # noqa: E402
+from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
+from verl_vgpo.wiring.engine import FocusHook, find_final_norm, focus_hook
+from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_SECONDS_KEY
 
 VARIANTS_VERL = ("base", "focus")
 VARIANTS_HF = ("base", "focus", "all_hidden_states")
@@ -151,40 +146,16 @@ class HFRunner:
 
 class VerlRunner:
     def __init__(self, model_path, samples):
+        from verl.utils import tensordict_utils as tu
+
         from verl_vgpo.cpu import enable_cpu_platform
+        from verl_vgpo.cpu.training_worker import build_training_worker, ensure_single_process_group
 
         enable_cpu_platform()
-        _single_process_group()
-        from verl.trainer.config.config import CheckpointConfig
-        from verl.utils import tensordict_utils as tu
-        from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
-        from verl.workers.engine_workers import TrainingWorker, TrainingWorkerConfig
-
+        ensure_single_process_group()
         self.tu = tu
-        model_config = HFModelConfig(
-            path=model_path,
-            override_config={"attn_implementation": "sdpa"},
-            use_remove_padding=False,  # the packed VLM attention needs flash-attn
-            enable_gradient_checkpointing=False,
-        )
-        engine_config = FSDPEngineConfig(
-            strategy="fsdp2",
-            use_dynamic_bsz=False,
-            infer_micro_batch_size_per_gpu=len(samples),
-            micro_batch_size_per_gpu=len(samples),
-            mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
-            use_torch_compile=False,
-        )
-        self.worker = TrainingWorker(
-            TrainingWorkerConfig(
-                model_type="language_model",
-                model_config=model_config,
-                engine_config=engine_config,
-                optimizer_config=FSDPOptimizerConfig(lr=1e-6),
-                checkpoint_config=CheckpointConfig(),
-            )
-        )
-        self.worker.reset()
+        # padded layout: the packed VLM attention needs flash-attn
+        self.worker = build_training_worker(model_path, use_remove_padding=False, micro_batch_size=len(samples))
         self.samples = samples
         self.tokens = sum(len(s[0]) for s in samples)
         self.hidden_size = self.worker.engine.model_config.hf_config.text_config.hidden_size
@@ -222,23 +193,6 @@ class VerlRunner:
             return output, float(output[FOCUS_SECONDS_KEY].values().sum())
         return output, 0.0
 
-
-
-def _single_process_group():
-    import socket
-
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(port))
-    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-        os.environ.setdefault(key, value)
-    dist.init_process_group("gloo", rank=0, world_size=1)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -8,13 +8,17 @@ so the test session snapshots the original methods before any engine exists: see
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
+
+from verl_vgpo.cpu.training_worker import (  # noqa: F401  (the engine tests import them from here)
+    build_training_worker,
+    ensure_single_process_group,
+    free_port,
+)
 
 # the tiny-VLM families the engine tests run on (verl_vgpo.cpu.tiny_vlm.FAMILIES)
 FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5")
@@ -195,63 +199,6 @@ def reference_outputs(model, sample: Sample, snapshot: dict):
     prototype = hidden[visual].mean(0)
     focus = torch.nn.functional.cosine_similarity(hidden, prototype.unsqueeze(0), dim=-1)
     return log_probs, focus
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ensure_single_process_group() -> None:
-    """A one-process gloo group, what verl's TrainingWorker expects to find (no Ray needed)."""
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
-    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-        os.environ.setdefault(key, value)
-    dist.init_process_group("gloo", rank=0, world_size=1)
-
-
-def build_training_worker(model_path: str, use_remove_padding: bool, param_dtype: str = "fp32"):
-    """verl's real TrainingWorker with the FSDP2 engine, sdpa attention, on the CPU platform.
-
-    ``param_dtype`` other than fp32 makes verl run the forward under ``torch.autocast(param_dtype)``.
-    """
-    from verl.trainer.config.config import CheckpointConfig
-    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
-    from verl.workers.engine_workers import TrainingWorker, TrainingWorkerConfig
-
-    model_config = HFModelConfig(
-        path=model_path,
-        override_config={"attn_implementation": "sdpa"},
-        use_remove_padding=use_remove_padding,
-        enable_gradient_checkpointing=False,
-    )
-    engine_config = FSDPEngineConfig(
-        strategy="fsdp2",
-        use_dynamic_bsz=False,
-        infer_micro_batch_size_per_gpu=2,
-        micro_batch_size_per_gpu=2,
-        infer_max_token_len_per_gpu=4096,
-        max_token_len_per_gpu=4096,
-        mixed_precision={"param_dtype": param_dtype, "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
-        use_torch_compile=False,
-    )
-    worker = TrainingWorker(
-        TrainingWorkerConfig(
-            model_type="language_model",
-            model_config=model_config,
-            engine_config=engine_config,
-            optimizer_config=FSDPOptimizerConfig(lr=1e-5),
-            checkpoint_config=CheckpointConfig(),
-        )
-    )
-    worker.reset()
-    return worker
 
 
 def cpu_varlen_attention(query, key, value, attention_mask, query_length, is_causal=True, position_ids=None, **kwargs):
