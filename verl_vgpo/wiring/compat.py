@@ -202,7 +202,8 @@ def joint_visual_inputs(input_ids, pixel_values, pixel_values_videos, image_grid
     Returns:
         (input_ids with video pads relabelled as image pads, (patches, D) pixels of all items in
         sequence order, (I + V, 3) their grids): what the image branch of verl's embedding helper
-        consumes to place every item's features on its own pads with a single vision-tower pass.
+        consumes to place every item's features on its own pads with a single vision-tower pass;
+        None when the pads do not match the grids (verl's own helper then reports the mismatch).
     """
     grids = torch.cat([image_grid_thw, video_grid_thw]).to(torch.long)
     patches = grids.prod(-1)
@@ -212,6 +213,8 @@ def joint_visual_inputs(input_ids, pixel_values, pixel_values_videos, image_grid
     starts = []
     for token_id, item_tokens in ((image_token_id, tokens[:n_images]), (video_token_id, tokens[n_images:])):
         positions = (flat == token_id).nonzero()[:, 0]
+        if positions.numel() != int(item_tokens.sum()):
+            return None
         first = item_tokens.cumsum(0) - item_tokens
         starts.append(positions[first.to(positions.device)].cpu())
     order = torch.argsort(torch.cat(starts))
@@ -261,11 +264,15 @@ def _one_vision_pass(original):
             return original(model, input_ids, attention_mask, pixel_values, pixel_values_videos,
                             image_grid_thw, video_grid_thw)
         config = model.config
-        input_ids, pixels, grids = joint_visual_inputs(
+        joint = joint_visual_inputs(
             input_ids, pixel_values, pixel_values_videos, image_grid_thw, video_grid_thw,
             config.image_token_id, config.video_token_id, config.vision_config.spatial_merge_size,
         )
-        return original(model, input_ids, attention_mask, pixels, None, grids, None)
+        if joint is None:
+            return original(model, input_ids, attention_mask, pixel_values, pixel_values_videos,
+                            image_grid_thw, video_grid_thw)
+        relabelled_ids, pixels, grids = joint
+        return original(model, relabelled_ids, attention_mask, pixels, None, grids, None)
 
     get_input_embeds.vgpo_one_vision_pass = True  # type: ignore[attr-defined]
     # verl's own function, also when another workaround (the Qwen2-VL text-only one) wraps it already
