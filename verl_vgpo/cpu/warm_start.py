@@ -42,7 +42,7 @@ class WarmStartSettings:
     seed: int = 0
     family: str = "qwen2_5_vl"
     preset: str = "test"
-    steps: int = 300  # optimiser steps
+    steps: int = 120  # optimiser steps (about 20 s on one core)
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 20
@@ -56,8 +56,8 @@ class WarmStartSettings:
                 raise ValueError(f"warm start: {name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"warm start: lr must be a positive finite number, got {self.lr}")
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError(f"warm start: need 0 <= warmup_steps <= steps, got {self.warmup_steps}, {self.steps}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warm start: warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 def settings_record(settings: WarmStartSettings) -> dict:
@@ -169,9 +169,10 @@ def held_out_accuracy(model, processor, eval_size: int, seed: int, max_new_token
 
 def _learning_rate(step: int, settings: WarmStartSettings) -> float:
     """Linear warm-up, then cosine decay to 10 % (step counts from 0)."""
-    if step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    warmup = min(settings.warmup_steps, settings.steps)
+    if step < warmup:
+        return settings.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, settings.steps - warmup)
     return settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
