@@ -305,7 +305,12 @@ def group_minmax_normalize(values: torch.Tensor, groups: torch.Tensor, num_group
 
 
 def vgpo_weights(
-    focus_scores: torch.Tensor, response_mask: torch.Tensor, index: Any, cfg: VGPOConfig
+    focus_scores: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: Any,
+    cfg: VGPOConfig,
+    positions: Optional[Positions] = None,
+    scratch: Optional[torch.Tensor] = None,
 ) -> VGPOWeights:
     """Token factor psi (Eq. 5-8) and trajectory factor alpha (Eq. 9-11) of a batch.
 
@@ -315,6 +320,9 @@ def vgpo_weights(
         response_mask: (bs, L) 0/1.
         index: (bs,) uid per row; rows of one uid are the rollouts of one prompt.
         cfg: validated :class:`VGPOConfig`.
+        positions: :func:`position_fractions` of ``response_mask`` when the caller has it already.
+        scratch: optional (bs, L) float32 contiguous tensor the function may overwrite; it becomes the
+            returned ``token_weight`` (saves one fresh (bs, L) allocation).
     """
     if focus_scores.shape != response_mask.shape:
         raise ValueError(
@@ -322,11 +330,13 @@ def vgpo_weights(
         )
     # in-place float arithmetic on three (bs, L) buffers on purpose: at 1024 x 2048 the estimator is
     # bound by memory passes and fresh allocations
-    positions = position_fractions(response_mask)
+    positions = position_fractions(response_mask) if positions is None else positions
     maskf, lengths = positions.mask, positions.lengths
     rho = focus_scores.to(torch.float32)
     w = rho.nan_to_num(0.0, posinf=0.0, neginf=0.0)  # becomes w0, then w, then w-hat
-    scratch = torch.ne(rho, w, out=torch.empty_like(w))  # 1.0 where rho is not finite
+    if scratch is None or scratch.shape != w.shape or scratch.dtype != w.dtype or not scratch.is_contiguous():
+        scratch = torch.empty_like(w)
+    torch.ne(rho, w, out=scratch)  # 1.0 where rho is not finite
     non_finite = scratch.mul_(maskf).sum(dim=-1)
     has_signal = (lengths > 0) & (non_finite == 0)
     valid = maskf if bool(has_signal.all()) else maskf * has_signal.unsqueeze(-1).to(torch.float32)
@@ -452,22 +462,35 @@ def reweight_advantage(
 ) -> torch.Tensor:
     """A * alpha * psi * mask from a base outcome advantage A (bs, L); the VGPO part of the estimator.
 
-    ``advantages`` is multiplied in place when it is float32 (pass a tensor you own, e.g. the base
-    estimator's fresh output); returns the (bs, L) float32 result. ``metrics`` as in
+    ``advantages`` is overwritten when it is float32 (pass a tensor you own, e.g. the base estimator's
+    fresh output); it must hold one value per response (an outcome advantage), else ValueError.
+    Returns the (bs, L) float32 result. ``metrics`` as in
     :func:`compute_vgpo_advantage`. Needs no verl: the GPU check times it with a verl-free GRPO.
     """
     focus_scores = focus_scores.to(advantages.device)
     response_mask = response_mask.to(advantages.device)
-    weights = vgpo_weights(focus_scores, response_mask, index, cfg)
+    positions = position_fractions(response_mask)
+    maskf = positions.mask
     advantages = advantages.to(torch.float32)
-    if cfg.intra_trajectory:
-        advantages.mul_(weights.token_weight)
-    if cfg.inter_trajectory:
-        advantages.mul_(weights.trajectory_weight.unsqueeze(-1))
-    advantages.mul_(weights.positions.mask)
+    if advantages.shape != maskf.shape:
+        raise ValueError(f"advantages {tuple(advantages.shape)} must have the shape of response_mask {tuple(maskf.shape)}")
+    # an outcome advantage is one value per response: read it at each row's first valid token, check that
+    # every valid token carries it (a clear error for a token-level base), and reuse the (bs, L) buffer
+    first = maskf.argmax(dim=-1, keepdim=True)
+    outcome = advantages.gather(1, first).squeeze(-1) * (positions.lengths > 0).to(torch.float32)
+    residual = advantages.sub_(outcome.unsqueeze(-1)).mul_(maskf)
+    if not (bool(residual.amax() == 0.0) and bool(residual.amin() == 0.0)):
+        raise ValueError(
+            f"the base estimator {cfg.base_estimator!r} returned advantages that are not one value per response "
+            "(constant over its valid tokens); VGPO re-weights outcome advantages only"
+        )
+    weights = vgpo_weights(focus_scores, response_mask, index, cfg, positions=positions, scratch=advantages)
     if metrics is not None:
         metrics.update(vgpo_metrics(weights, focus_scores, response_mask, cfg))
-    return advantages
+    row_factor = outcome * weights.trajectory_weight if cfg.inter_trajectory else outcome
+    if cfg.intra_trajectory:  # psi * (A alpha) * mask, in psi's buffer (psi is 1 at masked positions)
+        return weights.token_weight.mul_(row_factor.unsqueeze(-1)).mul_(maskf)
+    return torch.mul(maskf, row_factor.unsqueeze(-1), out=weights.token_weight)
 
 
 def focus_position_bins(positions: Positions, bins: int = FOCUS_POSITION_BINS) -> torch.Tensor:
@@ -501,21 +524,22 @@ def vgpo_metrics(
     if count == 0.0:
         return out
     rho = focus_scores.to(torch.float32).nan_to_num(0.0, posinf=0.0, neginf=0.0).mul_(valid)
-    scratch = torch.empty_like(rho)
     psi = weights.token_weight
     alpha = weights.trajectory_weight[weights.has_signal]
-    u = weights.position_fraction
-
-    def masked_mean(select: torch.Tensor) -> float:  # select: float 0/1 within `valid`
-        n = float(select.sum())
-        return float(select.mul_(rho).sum()) / n if n > 0 else float("nan")
-
-    focus_first = masked_mean(torch.lt(u, 1.0 / 3.0, out=scratch).mul_(valid))
-    focus_last = masked_mean(torch.ge(u, 2.0 / 3.0, out=scratch).mul_(valid))
-    psi_sum = float(torch.mul(psi, valid, out=scratch).sum())
-    # min / max over valid tokens: masked positions read +FLT_MAX / -FLT_MAX
-    psi_min = float(torch.mul(valid, -_FLT_MAX, out=scratch).add_(_FLT_MAX).add_(psi).amin())
-    psi_max = float(torch.mul(valid, _FLT_MAX, out=scratch).sub_(_FLT_MAX).add_(psi).amax())
+    low, high = cfg.token_weight_clip
+    if low <= 1.0 <= high:
+        # psi is 1 at masked positions and every row's psi spans 1 (its min is 1 - mean(w-hat) <= 1, its
+        # max >= 1), so the plain min / max equal those over valid tokens; no masked temporary needed
+        psi_sum = float(psi.sum(dtype=torch.float64)) - (valid.numel() - count)
+        psi_min, psi_max = float(psi.amin()), float(psi.amax())
+    else:
+        scratch = torch.empty_like(rho)
+        psi_sum = float(torch.mul(psi, valid, out=scratch).sum())
+        # masked positions read +FLT_MAX / -FLT_MAX
+        psi_min = float(torch.mul(valid, -_FLT_MAX, out=scratch).add_(_FLT_MAX).add_(psi).amin())
+        psi_max = float(torch.mul(valid, _FLT_MAX, out=scratch).sub_(_FLT_MAX).add_(psi).amax())
+    focus = _focus_by_position(rho, valid, weights.positions, weights.has_signal)
+    focus_first, focus_last = focus["first_third"], focus["last_third"]
     out.update(
         {
             p + "token_weight/mean": psi_sum / count,
@@ -524,16 +548,64 @@ def vgpo_metrics(
             p + "trajectory_weight/mean": float(alpha.mean()),
             p + "trajectory_weight/min": float(alpha.min()),
             p + "trajectory_weight/max": float(alpha.max()),
-            p + "focus/mean": float(rho.sum()) / count,
+            p + "focus/mean": focus["mean"],
             p + "focus/first_third": focus_first,
             p + "focus/last_third": focus_last,
             p + "focus/last_over_first": focus_last / focus_first if focus_first != 0.0 else float("nan"),
             p + "gate_pass_rate": weights.gate_count / count if cfg.gate else 1.0,
         }
     )
-    bins = focus_position_bins(weights.positions)
+    for k in range(FOCUS_POSITION_BINS):
+        out[p + f"focus/pos_bin_{k}"] = focus[f"pos_bin_{k}"]
+    return out
+
+
+def _mean_or_nan(total: float, n: float) -> float:
+    return total / n if n > 0 else float("nan")
+
+
+def _focus_by_position(rho: torch.Tensor, valid: torch.Tensor, positions: Positions, has_signal: torch.Tensor):
+    """Mean raw focus overall, in the first / last third (u < 1/3, u >= 2/3) and per position bin.
+
+    rho: (bs, L) float32, 0 outside ``valid``. Without holes every such set is a column range [lo, hi)
+    per row with integer bounds (first third: r < (T-1)/3, i.e. ceil((T-1)/3) tokens; last third:
+    r >= ceil(2(T-1)/3); bin k starts at ceil(k(T-1)/5)), so one in-place cumulative sum of rho and a
+    gather at the bounds give every sum; with holes each set is a float 0/1 selection over u.
+    """
+    out = {"mean": float(rho.sum()) / float(valid.sum())}
+    if positions.contiguous:
+        lengths = positions.lengths * has_signal.to(torch.int64)  # rows without signal count no token
+        d = (positions.lengths - 1).clamp_min(1)
+        zero = torch.zeros_like(lengths)
+        starts = [zero, *[torch.minimum((k * d + FOCUS_POSITION_BINS - 1) // FOCUS_POSITION_BINS, lengths)
+                          for k in range(1, FOCUS_POSITION_BINS)], lengths]
+        first_end = torch.minimum((d + 2) // 3, lengths)
+        last_start = torch.minimum((2 * d + 2) // 3, lengths)
+        prefix = rho.cumsum_(dim=-1)  # rho is ours: sum of the first j tokens sits at column j - 1
+
+        def range_mean(lo: torch.Tensor, hi: torch.Tensor) -> float:
+            def upto(j):  # (bs,) sum of columns [0, j)
+                return prefix.gather(1, (j - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1) * (j > 0)
+
+            return _mean_or_nan(float((upto(hi) - upto(lo)).sum()), float((hi - lo).sum()))
+
+        out["first_third"] = range_mean(zero, first_end)
+        out["last_third"] = range_mean(last_start, lengths)
+        for k in range(FOCUS_POSITION_BINS):
+            out[f"pos_bin_{k}"] = range_mean(starts[k], starts[k + 1])
+        return out
+    u = positions.u
+    scratch = torch.empty_like(rho)
+
+    def masked_mean(select: torch.Tensor) -> float:  # select: float 0/1 within `valid`
+        n = float(select.sum())
+        return _mean_or_nan(float(select.mul_(rho).sum()), n)
+
+    out["first_third"] = masked_mean(torch.lt(u, 1.0 / 3.0, out=scratch).mul_(valid))
+    out["last_third"] = masked_mean(torch.ge(u, 2.0 / 3.0, out=scratch).mul_(valid))
+    bins = focus_position_bins(positions)
     for k in range(FOCUS_POSITION_BINS):  # a loop over 5 bins, not over tokens
-        out[p + f"focus/pos_bin_{k}"] = masked_mean(torch.eq(bins, float(k), out=scratch).mul_(valid))
+        out[f"pos_bin_{k}"] = masked_mean(torch.eq(bins, float(k), out=scratch).mul_(valid))
     return out
 
 

@@ -504,3 +504,34 @@ def test_focus_position_bins_match_a_loop_over_tokens():
             counts[k] += 1
     for k in range(5):
         assert metrics[f"vgpo/focus/pos_bin_{k}"] == pytest.approx(sums[k] / counts[k], abs=1e-6)
+
+
+@pytest.mark.parametrize("clip", [(0.1, 2.0), (1.05, 2.0)])
+def test_metrics_equal_plain_masked_statistics(clip):
+    """Both metric paths (bounds on prefix masks, selections with holes) and the psi shortcuts agree with
+    plain statistics over the valid tokens of rows with signal."""
+    import dataclasses
+
+    from verl_vgpo.advantage import _focus_by_position
+
+    tr, mask, rho, index = _random_batch(13, bs=24, L=31, groups=6)
+    rho[3] = float("nan")  # a row without signal
+    cfg_dict = algo(token_weight_clip=list(clip))
+    metrics = {}
+    compute_vgpo_advantage(tr, mask, index, rho, cfg_dict, metrics=metrics)
+    w = vgpo_weights(rho, mask, index, VGPOConfig.from_algorithm_config(cfg_dict))
+    valid = mask.bool() & w.has_signal.unsqueeze(-1)
+    psi = w.token_weight[valid]
+    assert metrics["vgpo/token_weight/mean"] == pytest.approx(float(psi.mean()), abs=1e-6)
+    assert metrics["vgpo/token_weight/min"] == pytest.approx(float(psi.min()), abs=1e-7)
+    assert metrics["vgpo/token_weight/max"] == pytest.approx(float(psi.max()), abs=1e-7)
+    u = w.position_fraction
+    assert metrics["vgpo/focus/first_third"] == pytest.approx(float(rho[valid & (u < 1 / 3)].mean()), abs=1e-6)
+    assert metrics["vgpo/focus/last_third"] == pytest.approx(float(rho[valid & (u >= 2 / 3)].mean()), abs=1e-6)
+    clean = rho.nan_to_num(0.0) * valid
+    assert w.positions.contiguous
+    generic = _focus_by_position(clean.clone(), valid.float(), dataclasses.replace(w.positions, contiguous=False), w.has_signal)
+    bounds = _focus_by_position(clean.clone(), valid.float(), w.positions, w.has_signal)
+    assert generic.keys() == bounds.keys()
+    for key in generic:
+        assert bounds[key] == pytest.approx(generic[key], abs=1e-6), key
