@@ -5,7 +5,8 @@ hf_cpu rollout; only the CPU platform and the rollout are swapped through verl's
 step per family through ``MODEL_FAMILY=<family>`` of the run script (which also passes Qwen3's 16-pixel
 ``data.image_patch_size``). Checked with the smoke test's own step checks: finite VGPO metrics, a focus
 signal for every (image) sample (``vgpo/no_signal_fraction == 0``), weights inside their clip ranges,
-and advantages that are not GRPO's on the same rollouts.
+and advantages that are not GRPO's on the same rollouts. The script refuses an unknown family or a
+``MODEL_DIR`` of another family before starting main_ppo.
 """
 
 from __future__ import annotations
@@ -54,3 +55,20 @@ def test_one_vgpo_step_per_family(family, tiny_vlm_of, data_dir, tmp_path):
 
 def _model_class(family: str) -> str:
     return {"qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen3_5": "Qwen3_5ForConditionalGeneration"}[family]
+
+
+def test_run_script_refuses_an_unknown_family_or_a_model_of_another_family(tiny_vlm_of, data_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def run(**env):
+        return subprocess.run(
+            ["bash", str(demo.RUN_SCRIPT)], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHON": sys.executable, "DATA_DIR": str(data_dir), "OUT_DIR": str(tmp_path), **env},
+        )
+
+    unknown = run(MODEL_FAMILY="qwen4_vl", MODEL_DIR=str(tmp_path / "none"))
+    assert unknown.returncode == 2 and "MODEL_FAMILY must be qwen2_5_vl, qwen3_vl or qwen3_5" in unknown.stderr
+    mismatch = run(MODEL_FAMILY="qwen3_5", MODEL_DIR=tiny_vlm_of("qwen3_vl"))
+    assert mismatch.returncode == 2 and "holds a qwen3_vl model but MODEL_FAMILY=qwen3_5" in mismatch.stderr
