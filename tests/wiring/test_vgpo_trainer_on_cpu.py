@@ -111,10 +111,12 @@ def run_fresh_python(script):
     return result.stdout.strip().splitlines()[-1]
 
 
-def test_plain_import_verl_installs_the_trainers_and_the_legacy_guard():
-    # a fresh process: only the verl.plugins entry point runs our code
+@pytest.mark.parametrize("first_import", ["verl", "verl_vgpo.wiring.trainer"])
+def test_plain_import_verl_installs_the_trainers_and_the_legacy_guard(first_import):
+    # a fresh process: only the verl.plugins entry point runs our code (also when the trainer layer is
+    # imported before verl, which then loads the plugin while importing the layer)
     script = (
-        "import verl\n"
+        f"import {first_import}\n"
         "from verl.trainer.ppo.ray_trainer import RayPPOTrainer\n"
         "assert RayPPOTrainer.__init__._vgpo_legacy_guard\n"
         "from verl.trainer.ppo.v1 import get_trainer_cls\n"
