@@ -1,9 +1,10 @@
 """verl-vgpo: Visually-Guided Policy Optimization (arXiv 2604.09349) for verl.
 
-The pure algorithm lives in :mod:`verl_vgpo.config`, :mod:`verl_vgpo.focus` and
-:mod:`verl_vgpo.advantage` (torch only, no Ray, no verl state). The verl wiring (estimator registry,
-engine, trainer, CPU platform) is installed by :mod:`verl_vgpo.plugin`, which verl imports through its
-``verl.plugins`` entry point.
+The pure algorithm is at this level (:mod:`~verl_vgpo.config`, :mod:`~verl_vgpo.focus`,
+:mod:`~verl_vgpo.advantage`, :mod:`~verl_vgpo.reference`; torch only, no verl or ray import). The verl
+wiring in :mod:`verl_vgpo.wiring` and the CPU support in :mod:`verl_vgpo.cpu` are installed by
+:mod:`verl_vgpo.plugin`, which verl imports through its ``verl.plugins`` entry point in every process.
+:mod:`verl_vgpo.apps` holds the console scripts.
 """
 
 __version__ = "0.1.0"

@@ -1,26 +1,23 @@
 """verl V1 trainer layer for ``algorithm.adv_estimator=vgpo`` (thin wiring, no algorithm here).
 
-verl's V1 trainers (``verl.trainer.ppo.v1``: sync, colocate_async, separate_async) compute advantages
-in the trainer process from a fixed list of TransferQueue (TQ) fields and call a custom estimator with
-rewards, mask, uid and config only. VGPO also needs the visual focus scores that the actor engine
-captures during the old-log-prob forward. This module closes that gap with one mixin over two trainer
-methods, installed for all three modes into ``TRAINER_REGISTRY`` by :func:`register_trainers` at plugin
-load. (Importing verl's V1 trainer package here costs ~0.16 s in a process that already imported
-``verl.workers.engine_workers`` like every Ray worker does, so it is imported eagerly.)
+Why it exists: verl's V1 trainers (sync, colocate_async, separate_async) give a custom estimator only
+rewards, mask, uid and config, but VGPO also needs the focus scores the actor engine captured in the
+old-log-prob forward. One mixin over two trainer methods closes that gap, wrapping ``super()`` so that
+verl's own logic (KL in reward, rollout correction, TQ write-back) stays verl's:
 
 * ``_compute_old_log_prob``: asks the workers for focus scores (``CAPTURE_FOCUS_FLAG`` and the visual
   token kinds in ``batch.extra_info``) for that pass only; the engine writes ``FOCUS_OUTPUT_KEY`` and
-  the per-row capture seconds ``FOCUS_SECONDS_KEY`` to TQ.
+  the per-row capture seconds ``FOCUS_SECONDS_KEY`` to TransferQueue (TQ).
 * ``_compute_advantage``: reads both fields in one TQ read (the capture time is their row sum), aligns
-  the focus to the response tokens and runs verl's own
-  ``_compute_advantage`` inside :func:`verl_vgpo.wiring.estimator.focus_scores_for_advantage`, then merges the
-  estimator's metrics into the step metrics (which verl's tracker logs).
+  the focus to the response tokens and runs verl's ``_compute_advantage`` inside
+  :func:`verl_vgpo.wiring.estimator.focus_scores_for_advantage`, then adds the estimator's metrics to
+  the step metrics.
 
-Both overrides wrap ``super()`` instead of copying verl's bodies, so verl's logic (KL in reward, rollout
-correction, multi-trajectory handling, TQ write-back) stays verl's. With any other estimator both
-methods delegate straight to verl (one attribute check). Configurations VGPO cannot serve correctly are
-refused at trainer construction; the legacy trainer (``trainer.use_v1=false``) is refused by a guard on
-``RayPPOTrainer.__init__``.
+With any other estimator both methods delegate straight to verl. :func:`check_vgpo_trainer_config`
+(settings VGPO cannot serve) runs at trainer construction and, through :mod:`.driver`, in the driver
+before Ray starts. :func:`register_trainers` puts the three classes into verl's ``TRAINER_REGISTRY`` at
+plugin load; verl's trainer package is imported eagerly (~0.16 s more in a process that already imported
+``verl.workers.engine_workers``, as every Ray worker has).
 
 verl surface this relies on (identical in verl 0.9.0 and 0.9.1, checked method by method):
 ``PPOTrainer.__init__(config)``, ``PPOTrainer._compute_old_log_prob(batch, metrics)`` (sets
