@@ -51,7 +51,7 @@ DEMO_SETTINGS = {
     "VAL_SIZE": 200,
     "BATCH_SIZE": 16,
     "ROLLOUT_N": 8,
-    "LR": 1e-3,
+    "LR": 1e-4,
     "RESPONSE_LENGTH": 32,
     "REWARD_FN": "compute_score",
 }
