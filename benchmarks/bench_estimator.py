@@ -94,13 +94,19 @@ def numpy_loop_advantage(rewards, mask, index, focus, cfg, epsilon=1e-6):
     return base[:, None] * mask * psi * alpha[:, None]
 
 
-def median_ms(fn, repeats):
+CPU_MS = {}  # median CPU time of this thread per call, by label: steadier than wall time on a busy machine
+
+
+def median_ms(fn, repeats, label=None):
     fn()  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         result = fn()
         times.append(time.perf_counter() - start)
+        cpu.append(time.thread_time() - cpu_start)
+    if label:
+        CPU_MS[label] = statistics.median(cpu) * 1e3
     return statistics.median(times) * 1e3, result
 
 
@@ -131,12 +137,16 @@ def main():
 
         return run
 
-    t_grpo, _ = median_ms(timed(lambda: compute_grpo_outcome_advantage(rewards, mask, index)[0]), args.repeats)
-    t_ours, ours = median_ms(timed(lambda: compute_vgpo_advantage(rewards, mask, index, focus, algorithm)[0]), args.repeats)
+    t_grpo, _ = median_ms(timed(lambda: compute_grpo_outcome_advantage(rewards, mask, index)[0]), args.repeats, "grpo")
+    t_ours, ours = median_ms(
+        timed(lambda: compute_vgpo_advantage(rewards, mask, index, focus, algorithm)[0]), args.repeats, "vgpo"
+    )
     t_metrics, _ = median_ms(
         timed(lambda: compute_vgpo_advantage(rewards, mask, index, focus, algorithm, metrics={})[0]), args.repeats
     )
-    t_loop, looped = median_ms(lambda: numpy_loop_advantage(np_rewards, np_mask, index, np_focus, cfg), args.repeats)
+    t_loop, looped = median_ms(
+        lambda: numpy_loop_advantage(np_rewards, np_mask, index, np_focus, cfg), args.repeats, "loop"
+    )
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load}")
@@ -148,6 +158,10 @@ def main():
     print(f"VGPO numpy loop over rows      : {t_loop:8.1f} ms")
     print(f"ratio numpy loop / VGPO        : {t_loop / t_ours:8.2f}x   (target > 1)")
     print(f"ratio VGPO / verl GRPO         : {t_ours / t_grpo:8.2f}x   (target <= 3)")
+    if args.device == "cpu":
+        print(f"CPU time (this thread), ms     : GRPO {CPU_MS['grpo']:.1f}, VGPO {CPU_MS['vgpo']:.1f}, "
+              f"numpy loop {CPU_MS['loop']:.1f}; ratios loop / VGPO {CPU_MS['loop'] / CPU_MS['vgpo']:.2f}x, "
+              f"VGPO / GRPO {CPU_MS['vgpo'] / CPU_MS['grpo']:.2f}x")
     print(f"max |VGPO - numpy loop|        : {float(np.abs(ours.cpu().numpy() - looped).max()):.2e}")
     if not args.no_reference:
         base = compute_grpo_outcome_advantage(rewards.cpu(), mask.cpu(), index)[0]

@@ -337,7 +337,7 @@ def vgpo_weights(
     if scratch is None or scratch.shape != w.shape or scratch.dtype != w.dtype or not scratch.is_contiguous():
         scratch = torch.empty_like(w)
     torch.ne(rho, w, out=scratch)  # 1.0 where rho is not finite
-    non_finite = scratch.mul_(maskf).sum(dim=-1)
+    non_finite = torch.bmm(scratch.unsqueeze(1), maskf.unsqueeze(-1)).view(-1)  # per-row dot: no temporary
     has_signal = (lengths > 0) & (non_finite == 0)
     valid = maskf if bool(has_signal.all()) else maskf * has_signal.unsqueeze(-1).to(torch.float32)
 
@@ -476,10 +476,13 @@ def reweight_advantage(
         raise ValueError(f"advantages {tuple(advantages.shape)} must have the shape of response_mask {tuple(maskf.shape)}")
     # an outcome advantage is one value per response: read it at each row's first valid token, check that
     # every valid token carries it (a clear error for a token-level base), and reuse the (bs, L) buffer
-    first = maskf.argmax(dim=-1, keepdim=True)
+    if positions.contiguous:  # every row starts at column 0
+        first = torch.zeros(maskf.shape[0], 1, dtype=torch.int64, device=maskf.device)
+    else:
+        first = maskf.argmax(dim=-1, keepdim=True)
     outcome = advantages.gather(1, first).squeeze(-1) * (positions.lengths > 0).to(torch.float32)
     residual = advantages.sub_(outcome.unsqueeze(-1)).mul_(maskf)
-    if not (bool(residual.amax() == 0.0) and bool(residual.amin() == 0.0)):
+    if int(torch.count_nonzero(residual)):  # NaN counts as non-zero too
         raise ValueError(
             f"the base estimator {cfg.base_estimator!r} returned advantages that are not one value per response "
             "(constant over its valid tokens); VGPO re-weights outcome advantages only"

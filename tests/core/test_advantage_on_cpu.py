@@ -535,3 +535,17 @@ def test_metrics_equal_plain_masked_statistics(clip):
     assert generic.keys() == bounds.keys()
     for key in generic:
         assert bounds[key] == pytest.approx(generic[key], abs=1e-6), key
+
+
+def test_reweight_refuses_an_advantage_that_varies_within_a_response():
+    from verl_vgpo.advantage import reweight_advantage
+
+    tr, mask, rho, index = _random_batch(14)
+    base = grpo(tr, mask, index)
+    ok = reweight_advantage(base.clone(), rho, mask, index, VGPOConfig())
+    torch.testing.assert_close(ok, compute_vgpo_advantage(tr, mask, index, rho, algo())[0])
+    token_level = base.clone()
+    row = int(mask.sum(-1).argmax())
+    token_level[row, 0] += 0.5  # e.g. a GAE-style per-token advantage
+    with pytest.raises(ValueError, match="one value per response"):
+        reweight_advantage(token_level, rho, mask, index, VGPOConfig())
