@@ -340,3 +340,24 @@ def test_prompts_too_long_for_max_model_len_are_refused_before_generation(tiny_v
     check_prompt_lengths(processor, examples, max_model_len=4096, max_new_tokens=16)  # all fit
     with pytest.raises(ValueError, match=r"do not fit --max_model_len=8 .* row 0: \d+ tokens"):
         check_prompt_lengths(processor, examples, max_model_len=8, max_new_tokens=16)
+
+
+@pytest.mark.parametrize("family, patch", [("qwen2_5_vl", 14), ("qwen3_vl", 16)])
+def test_image_patch_size_defaults_to_the_checkpoint_processor(tiny_vlm_of, monkeypatch, family, patch):
+    """Without --image_patch_size the images are resized to the checkpoint's own patch size (Qwen3-VL: 16)."""
+    from verl_vgpo.apps import evaluate as evaluate_module
+
+    model = tiny_vlm_of(family)
+    assert evaluate_module.checkpoint_image_patch_size(model) == patch
+    seen = []
+
+    def stop_after_loading(paths, max_rows, image_patch_size):
+        seen.append(image_patch_size)
+        raise RuntimeError("stop before generation")
+
+    monkeypatch.setattr(evaluate_module, "load_examples", stop_after_loading)
+    common = ["--model_path", str(model), "--data", "unused.parquet", "--output_dir", "unused"]
+    for extra, expected in (([], patch), (["--image_patch_size", "28"], 28)):
+        with pytest.raises(RuntimeError, match="stop before generation"):
+            evaluate_module.run(common + extra)
+        assert seen.pop() == expected

@@ -441,6 +441,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
 
 def analyze_model(path: str, label: str, parquet: str, args, progress_factory) -> tuple[list[dict], int]:
     """tokens.jsonl records of one model (every response, empty ones included) and its row count."""
+    from verl_vgpo.apps.evaluate import processor_patch_size
     from verl_vgpo.cpu import generation
 
     if args.backend == "vllm":
@@ -450,7 +451,10 @@ def analyze_model(path: str, label: str, parquet: str, args, progress_factory) -
             raise AnalyzeError("--backend vllm: vLLM is not installed (use --backend hf)") from error
     loaded = generation.load_model(path)
     visual_ids, norm = check_model(loaded, path)
-    patch = int(getattr(loaded.processor.image_processor, "patch_size", 14))
+    try:
+        patch = processor_patch_size(loaded.processor, path)
+    except ValueError as error:
+        raise AnalyzeError(str(error)) from error
     examples = load_rows(parquet, args.max_rows, patch)
     features = [prompt_features(loaded.processor, example) for example in examples]
 

@@ -116,6 +116,26 @@ def load_examples(
     return examples
 
 
+def processor_patch_size(processor, where: str) -> int:
+    """The vision patch size of a checkpoint's processor (14 for Qwen2.5-VL, 16 for Qwen3-VL / Qwen3.5).
+
+    Images are resized to multiples of it (``process_image``) as ``data.image_patch_size`` does in
+    training, so it is read from the checkpoint rather than assumed.
+    """
+    image_processor = getattr(processor, "image_processor", None)
+    patch = getattr(image_processor, "patch_size", None)
+    if patch is None:
+        raise ValueError(f"{where}: the processor has no image_processor.patch_size; pass --image_patch_size")
+    return int(patch)
+
+
+def checkpoint_image_patch_size(model_path: str) -> int:
+    """``processor_patch_size`` of the processor saved with ``model_path`` (only the processor is loaded)."""
+    from transformers import AutoProcessor
+
+    return processor_patch_size(AutoProcessor.from_pretrained(model_path), model_path)
+
+
 def _messages_with_images(prompt: list[dict], num_images: int, where: str) -> list[dict[str, Any]]:
     """Replace ``<image>`` placeholders by image parts, as verl's RLHFDataset does for training."""
     messages, seen = [], 0
@@ -615,11 +635,17 @@ def _parse_args(argv=None) -> argparse.Namespace:
         "--strict", action="store_true", help="exit with status 3 when most responses of a source have no parsable answer"
     )
     parser.add_argument(
-        "--image_patch_size", type=int, default=14, help="14 for Qwen2.5-VL, 16 for Qwen3-VL (as data.image_patch_size)"
+        "--image_patch_size",
+        type=int,
+        default=None,
+        help="as data.image_patch_size: 14 for Qwen2.5-VL, 16 for Qwen3-VL / Qwen3.5\n"
+        "(default: the patch size of the checkpoint's processor)",
     )
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1 or args.batch_size < 1:
         parser.error("--max_new_tokens and --batch_size must be >= 1")
+    if args.image_patch_size is not None and args.image_patch_size < 1:
+        parser.error("--image_patch_size must be >= 1")
     if args.reward_kwargs is not None:
         if args.reward is None:
             parser.error("--reward_kwargs needs --reward")
@@ -642,7 +668,8 @@ def run(argv=None) -> dict[str, Any]:
     if len({p.name for p in protocols}) != len(protocols):
         raise ValueError(f"a protocol is listed twice: {args.protocols}")
     custom = load_reward(args.reward, args.reward_kwargs) if args.reward else None
-    examples = load_examples(args.data, args.max_rows, args.image_patch_size)
+    patch = args.image_patch_size or checkpoint_image_patch_size(args.model_path)
+    examples = load_examples(args.data, args.max_rows, patch)
     rewards = rewards_by_source(examples, custom)  # before loading a model: an unknown source fails now
 
     backend = args.backend
