@@ -1,7 +1,7 @@
 """The ``hf_cpu`` rollout's parts without Ray: registration, the server's generation and weight sync.
 
-Real parts only: verl's registries, transformers' Qwen2.5-VL and processor (tiny random build), verl's
-own Qwen-VL monkey patch. The server class is exercised directly (its methods are what the Ray actor
+Real parts only: verl's registries, transformers' Qwen2.5-VL and processor (tiny random build; the
+generation and log-prob check also on Qwen3-VL and Qwen3.5), verl's own Qwen-VL monkey patch. The server class is exercised directly (its methods are what the Ray actor
 runs); the Ray wiring itself is covered by the main_ppo smoke test.
 """
 
@@ -38,16 +38,18 @@ def _rollout_config(**overrides):
     return RolloutConfig(**values)
 
 
-@pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory):
-    from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
-
-    return build_tiny_vlm(tmp_path_factory.mktemp("hf_cpu") / "model", seed=0)
+FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5")
 
 
 @pytest.fixture(scope="module")
-def server(tiny_vlm):
-    return hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm}))
+def server(tiny_vlm_path):
+    return hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm_path}))
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_server(request, tiny_vlm_of):
+    """A server on the tiny checkpoint of each model family (Qwen2.5-VL, Qwen3-VL, Qwen3.5)."""
+    return hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm_of(request.param)}))
 
 
 def _image_prompt(server) -> tuple[list[int], list[Image.Image]]:
@@ -75,7 +77,8 @@ def test_parallel_rollout_sizes_are_refused():
         hf_cpu._check_single_process_rollout(_rollout_config(tensor_model_parallel_size=2))
 
 
-def test_generate_image_prompt_matches_a_plain_forward(server):
+def test_generate_image_prompt_matches_a_plain_forward(family_server):
+    server = family_server
     prompt_ids, images = _image_prompt(server)
     assert server.hf_config.image_token_id in prompt_ids
     params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
@@ -96,8 +99,8 @@ def test_generate_image_prompt_matches_a_plain_forward(server):
     torch.testing.assert_close(torch.tensor(output.log_probs), expected, atol=2e-4, rtol=0)
 
 
-def test_weight_update_changes_what_is_generated(tiny_vlm):
-    server = hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm}))
+def test_weight_update_changes_what_is_generated(tiny_vlm_path):
+    server = hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm_path}))
     prompt_ids, images = _image_prompt(server)
     greedy = {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "logprobs": False}
 
@@ -155,13 +158,13 @@ def test_prompt_longer_than_the_model_budget_is_refused(server):
     assert hf_cpu.resolve_max_new_tokens({}, 10, server.config) == 12
 
 
-def test_generate_runs_on_original_forwards_after_verl_patches_the_class(tiny_vlm):
+def test_generate_runs_on_original_forwards_after_verl_patches_the_class(tiny_vlm_path):
     """verl's engine patches Qwen2.5-VL's forward at class level; generation must not use the patch."""
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
 
     patched_classes = (qwen.Qwen2_5_VLForConditionalGeneration, qwen.Qwen2_5_VLModel)
     saved = {cls: cls.__dict__["forward"] for cls in patched_classes}
-    server = hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm}))
+    server = hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm_path}))
     prompt_ids, images = _image_prompt(server)
     greedy = {"temperature": 0.0, "top_p": 1.0, "top_k": -1}
     reference = asyncio.run(server.generate(prompt_ids=prompt_ids, sampling_params=dict(greedy), request_id="a",
@@ -182,15 +185,15 @@ def test_generate_runs_on_original_forwards_after_verl_patches_the_class(tiny_vl
             cls.forward = forward
 
 
-def test_one_special_token_rule_for_rollout_and_evaluation(tiny_vlm, server):
+def test_one_special_token_rule_for_rollout_and_evaluation(tiny_vlm_path, server):
     """The rollout and vgpo-evaluate suppress the same tokens: the special ones, end-of-sequence excepted."""
     from transformers import AddedToken, AutoTokenizer
 
     from verl_vgpo.apps.evaluate import HFGenerator
 
-    evaluator = HFGenerator(tiny_vlm, max_new_tokens=4, batch_size=1, seed=0, device="cpu")
+    evaluator = HFGenerator(tiny_vlm_path, max_new_tokens=4, batch_size=1, seed=0, device="cpu")
     assert evaluator.suppressed_token_ids == server.suppress_ids
-    tokenizer = AutoTokenizer.from_pretrained(tiny_vlm)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_vlm_path)
     tokenizer.add_tokens([AddedToken("<think>", special=False), AddedToken("<|marker|>", special=True)])
     think, marker = tokenizer.convert_tokens_to_ids(["<think>", "<|marker|>"])
     suppressed = generation.suppressed_token_ids(tokenizer, [tokenizer.eos_token_id])
