@@ -156,24 +156,10 @@ def test_cli_two_models_outputs_agree(tiny_vlm_path, second_vlm, easy_vqa_parque
 
 @pytest.fixture(scope="module")
 def cpu_platform():
-    import torch.distributed as dist
-    import verl.plugin.platform.platform_manager as platform_manager
+    from tests.wiring.vlm_batches import cpu_platform_with_process_group
 
-    from tests.wiring.vlm_batches import ensure_single_process_group
-    from verl_vgpo.cpu import enable_cpu_platform
-
-    previous_platform, previous_env = platform_manager._current_platform, os.environ.get("VERL_PLATFORM")
-    enable_cpu_platform()
-    created_group = not dist.is_initialized()
-    ensure_single_process_group()
-    yield
-    if created_group:
-        dist.destroy_process_group()
-    platform_manager._current_platform = previous_platform
-    if previous_env is None:
-        os.environ.pop("VERL_PLATFORM", None)
-    else:
-        os.environ["VERL_PLATFORM"] = previous_env
+    with cpu_platform_with_process_group():
+        yield
 
 
 def test_tool_focus_equals_the_training_engine_focus(tiny_vlm_path, easy_vqa_parquet, cpu_platform):

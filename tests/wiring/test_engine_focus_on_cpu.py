@@ -20,8 +20,8 @@ from tests.wiring.vlm_batches import (
     FAMILIES,
     build_batch,
     build_training_worker,
+    cpu_platform_with_process_group,
     cpu_varlen_attention,
-    ensure_single_process_group,
     using_methods as use_methods,
     reference_outputs,
     restore_qwen_methods,
@@ -48,26 +48,8 @@ class WorkerUnderTest:
 
 @pytest.fixture(scope="module")
 def cpu_platform():
-    import os
-
-    import verl.plugin.platform.platform_manager as platform_manager
-
-    from verl_vgpo.cpu import enable_cpu_platform
-
-    import torch.distributed as dist
-
-    previous_platform, previous_env = platform_manager._current_platform, os.environ.get("VERL_PLATFORM")
-    enable_cpu_platform()
-    created_group = not dist.is_initialized()
-    ensure_single_process_group()
-    yield
-    if created_group:
-        dist.destroy_process_group()
-    platform_manager._current_platform = previous_platform
-    if previous_env is None:
-        os.environ.pop("VERL_PLATFORM", None)
-    else:
-        os.environ["VERL_PLATFORM"] = previous_env
+    with cpu_platform_with_process_group():
+        yield
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

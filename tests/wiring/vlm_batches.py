@@ -20,6 +20,36 @@ from verl_vgpo.cpu.training_worker import (  # noqa: F401  (the engine tests imp
     free_port,
 )
 
+@contextlib.contextmanager
+def cpu_platform_with_process_group():
+    """verl's platform set to this project's CPU platform, with a one-process gloo group, for one block.
+
+    What was there before is put back: the previous verl platform and ``VERL_PLATFORM``, and no process
+    group when none existed (a group created elsewhere is left alone).
+    """
+    import os
+
+    import torch.distributed as dist
+    import verl.plugin.platform.platform_manager as platform_manager
+
+    from verl_vgpo.cpu import enable_cpu_platform
+
+    previous_platform, previous_env = platform_manager._current_platform, os.environ.get("VERL_PLATFORM")
+    enable_cpu_platform()
+    created_group = not dist.is_initialized()
+    ensure_single_process_group()
+    try:
+        yield
+    finally:
+        if created_group:
+            dist.destroy_process_group()
+        platform_manager._current_platform = previous_platform
+        if previous_env is None:
+            os.environ.pop("VERL_PLATFORM", None)
+        else:
+            os.environ["VERL_PLATFORM"] = previous_env
+
+
 # the tiny-VLM families the engine tests run on (verl_vgpo.cpu.tiny_vlm.FAMILIES)
 FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5")
 
