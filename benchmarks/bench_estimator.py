@@ -20,22 +20,10 @@ import time
 import numpy as np
 import torch
 
+from gpu_check import make_estimator_batch  # sibling benchmark (python puts benchmarks/ on sys.path)
 from verl_vgpo.advantage import compute_vgpo_advantage
 from verl_vgpo.config import VGPOConfig
 from verl_vgpo.reference import reference_advantage
-
-
-def make_batch(prompts, rollouts, length, seed=0):
-    """Outcome rewards, a right-padded mask, uids and focus in [-0.2, 1] as the estimator receives them."""
-    g = torch.Generator().manual_seed(seed)
-    bs = prompts * rollouts
-    lengths = torch.randint(length // 8, length + 1, (bs,), generator=g)
-    mask = (torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)).float()
-    rewards = torch.zeros(bs, length)
-    rewards[torch.arange(bs), lengths - 1] = torch.randint(0, 2, (bs,), generator=g).float()
-    focus = torch.rand(bs, length, generator=g) * 1.2 - 0.2
-    index = np.array([f"prompt-{i // rollouts}" for i in range(bs)], dtype=object)
-    return rewards, mask, index, focus
 
 
 def numpy_loop_advantage(rewards, mask, index, focus, cfg, epsilon=1e-6):
@@ -122,8 +110,7 @@ def main():
 
     from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
-    rewards, mask, index, focus = make_batch(args.prompts, args.rollouts, args.length)
-    rewards, mask, focus = (t.to(args.device) for t in (rewards, mask, focus))
+    rewards, mask, index, focus = make_estimator_batch(args.prompts, args.rollouts, args.length, args.device)
     algorithm = {"norm_adv_by_std_in_grpo": True, "vgpo": {}}
     cfg = VGPOConfig()
     np_rewards, np_mask, np_focus = (t.cpu().numpy() for t in (rewards, mask, focus))

@@ -9,30 +9,9 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
+from gpu_check import IMAGE_TOKEN, per_token_focus_loop, synchronize  # sibling benchmark (python puts benchmarks/ on sys.path)
 from verl_vgpo.focus import visual_focus_scores
-
-IMAGE_TOKEN = 151655
-
-
-def per_token_loop(hidden, input_ids, cu_seqlens, visual_ids):
-    """What the authors' code does: one Python iteration and one host sync per token."""
-    out = torch.full((hidden.shape[0],), float("nan"), device=hidden.device)
-    for s in range(len(cu_seqlens) - 1):
-        lo, hi = int(cu_seqlens[s]), int(cu_seqlens[s + 1])
-        visual = torch.isin(input_ids[lo:hi], visual_ids)
-        if not bool(visual.any()):
-            continue
-        prototype = hidden[lo:hi][visual].float().mean(0)
-        for p in range(lo, hi):
-            out[p] = F.cosine_similarity(hidden[p].float(), prototype, dim=0).item()
-    return out
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main():
@@ -45,6 +24,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    device = torch.device(args.device)
 
     g = torch.Generator().manual_seed(0)
     per_seq = args.tokens // args.sequences
@@ -56,23 +36,23 @@ def main():
     visual = torch.tensor([IMAGE_TOKEN], device=args.device)
 
     visual_focus_scores(hidden, input_ids, cu, [IMAGE_TOKEN])  # warm-up
-    sync(args.device)
+    synchronize(device)
     best = float("inf")
     for _ in range(args.repeats):
         start = time.perf_counter()
         ours = visual_focus_scores(hidden, input_ids, cu, [IMAGE_TOKEN])
-        sync(args.device)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     start = time.perf_counter()
-    looped = per_token_loop(hidden, input_ids, cu, visual)
-    sync(args.device)
+    looped = per_token_focus_loop(hidden, input_ids, cu, visual)
+    synchronize(device)
     t_loop = time.perf_counter() - start
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device: {name}, {input_ids.numel()} packed tokens, hidden {args.hidden}, {args.dtype}")
     print(f"vectorised : {best * 1e3:9.2f} ms")
     print(f"per-token  : {t_loop * 1e3:9.2f} ms")
     print(f"ratio      : {t_loop / best:9.1f}x   (target >= 10x on CPU, >= 100x on GPU)")
-    print(f"max |diff| : {float((ours - looped).abs().max()):.2e}")
+    print(f"max |diff| : {float((ours.cpu() - looped).abs().max()):.2e}")
 
 
 if __name__ == "__main__":

@@ -179,7 +179,8 @@ class PeakMemory:
 
 
 def per_token_focus_loop(hidden, input_ids, cu_seqlens, visual_ids):
-    """The authors' way: one Python iteration and one host sync (``.item()``) per token."""
+    """The authors' way: one Python iteration and one host sync (``.item()``) per token; CPU output
+    (also used by bench_focus.py)."""
     out = torch.full((hidden.shape[0],), float("nan"))
     for s in range(len(cu_seqlens) - 1):
         lo, hi = int(cu_seqlens[s]), int(cu_seqlens[s + 1])
@@ -383,6 +384,8 @@ def grpo_equivalent(token_level_rewards, response_mask, index, epsilon=1e-6, nor
 
 
 def make_estimator_batch(prompts, rollouts, length, device, seed=0):
+    """Outcome rewards, a right-padded mask, uids and focus in [-0.2, 1] as the estimator receives them
+    (also used by bench_estimator.py)."""
     g = torch.Generator().manual_seed(seed)
     bs = prompts * rollouts
     lengths = torch.randint(length // 8, length + 1, (bs,), generator=g)
