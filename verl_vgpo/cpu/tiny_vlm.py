@@ -338,24 +338,17 @@ def _special_ids(tokenizer) -> dict[str, int]:
     return {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
 
 
-def _build_qwen3_config(tokenizer, size: TinyVLMSize, family: str, model_vocab_size: int | None):
-    """Qwen3-VL / Qwen3.5 config; special-token ids are the ones the tiny tokenizer assigned."""
+def _text_config(tokenizer, size: TinyVLMSize, model_vocab_size: int | None, rope: dict) -> dict:
+    """The decoder settings every family shares (sizes, rotary parameters, the tiny tokenizer's ids)."""
     ids = _special_ids(tokenizer)
-    head_dim = size.hidden_size // size.num_attention_heads
-    rope = {
-        "rope_type": "default",
-        "rope_theta": 5000000.0 if family == "qwen3_vl" else 10000000.0,
-        "mrope_section": list(size.mrope_section),
-        "mrope_interleaved": True,
-    }
-    text_config = dict(
+    return dict(
         vocab_size=model_vocab_size or len(tokenizer),
         hidden_size=size.hidden_size,
         intermediate_size=size.intermediate_size,
         num_hidden_layers=size.num_hidden_layers,
         num_attention_heads=size.num_attention_heads,
         num_key_value_heads=size.num_key_value_heads,
-        head_dim=head_dim,
+        head_dim=size.hidden_size // size.num_attention_heads,
         max_position_embeddings=4096,
         rope_parameters=rope,
         bos_token_id=ids["<|endoftext|>"],
@@ -363,7 +356,11 @@ def _build_qwen3_config(tokenizer, size: TinyVLMSize, family: str, model_vocab_s
         pad_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=False,
     )
-    vision_config = dict(
+
+
+def _vision_config(size: TinyVLMSize, **family_settings) -> dict:
+    """The vision-tower settings every family shares, plus the family's own (window attention, ...)."""
+    return dict(
         depth=size.vision_depth,
         hidden_size=size.vision_hidden_size,
         intermediate_size=size.vision_intermediate_size,
@@ -372,16 +369,35 @@ def _build_qwen3_config(tokenizer, size: TinyVLMSize, family: str, model_vocab_s
         patch_size=size.patch_size,
         spatial_merge_size=size.spatial_merge_size,
         temporal_patch_size=size.temporal_patch_size,
-        # learned position-embedding grid of 16x16 patches (Qwen3-VL's is 48x48), interpolated per image
-        num_position_embeddings=256,
+        **family_settings,
     )
-    special = dict(
+
+
+def _vision_token_ids(tokenizer) -> dict[str, int]:
+    """The top-level config's vision token ids (the ones the tiny tokenizer assigned), untied embeddings."""
+    ids = _special_ids(tokenizer)
+    return dict(
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
+
+
+def _build_qwen3_config(tokenizer, size: TinyVLMSize, family: str, model_vocab_size: int | None):
+    """Qwen3-VL / Qwen3.5 config; special-token ids are the ones the tiny tokenizer assigned."""
+    head_dim = size.hidden_size // size.num_attention_heads
+    rope = {
+        "rope_type": "default",
+        "rope_theta": 5000000.0 if family == "qwen3_vl" else 10000000.0,
+        "mrope_section": list(size.mrope_section),
+        "mrope_interleaved": True,
+    }
+    text_config = _text_config(tokenizer, size, model_vocab_size, rope)
+    # learned position-embedding grid of 16x16 patches (Qwen3-VL's is 48x48), interpolated per image
+    vision_config = _vision_config(size, num_position_embeddings=256)
+    special = _vision_token_ids(tokenizer)
     if family == "qwen3_vl":
         from transformers import Qwen3VLConfig
 
@@ -428,44 +444,17 @@ def _build_model_config(tokenizer, size: TinyVLMSize, model_vocab_size: int | No
         return _build_qwen3_config(tokenizer, size, family, model_vocab_size)
     from transformers import Qwen2_5_VLConfig
 
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-    head_dim = size.hidden_size // size.num_attention_heads
-    text_config = dict(
-        vocab_size=model_vocab_size or len(tokenizer),
-        hidden_size=size.hidden_size,
-        intermediate_size=size.intermediate_size,
-        num_hidden_layers=size.num_hidden_layers,
-        num_attention_heads=size.num_attention_heads,
-        num_key_value_heads=size.num_key_value_heads,
-        head_dim=head_dim,
-        max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(size.mrope_section)},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=False,
-    )
-    vision_config = dict(
-        depth=size.vision_depth,
-        hidden_size=size.vision_hidden_size,
-        intermediate_size=size.vision_intermediate_size,
-        num_heads=size.vision_num_heads,
-        out_hidden_size=size.hidden_size,
-        patch_size=size.patch_size,
-        spatial_merge_size=size.spatial_merge_size,
-        temporal_patch_size=size.temporal_patch_size,
+    rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(size.mrope_section)}
+    vision_config = _vision_config(
+        size,
         window_size=size.patch_size * size.spatial_merge_size * 4,
         # the last vision block uses full attention, the others window attention, as in Qwen2.5-VL
         fullatt_block_indexes=[size.vision_depth - 1],
     )
     config = Qwen2_5_VLConfig(
-        text_config=text_config,
+        text_config=_text_config(tokenizer, size, model_vocab_size, rope),
         vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+        **_vision_token_ids(tokenizer),
     )
     config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
     return config
