@@ -115,7 +115,8 @@ def position_fractions(mask: torch.Tensor) -> Positions:
         column_sum = maskf @ columns
     else:
         column_sum = maskf.to(torch.float64) @ columns.to(torch.float64)
-    contiguous = bool(torch.equal(column_sum, (lengths_f * (lengths_f - 1.0) / 2.0).to(column_sum.dtype)))
+    lengths_c = lengths_f.to(column_sum.dtype)  # T(T-1)/2 in the sum's precision: float32 rounds it above 2**24
+    contiguous = bool(torch.equal(column_sum, lengths_c * (lengths_c - 1.0) / 2.0))
     if contiguous:
         rank = columns.expand(bs, L)  # a view: no (bs, L) int64 cumsum needed
     else:
@@ -264,7 +265,8 @@ def _boost_gated(w: torch.Tensor, positions: Positions, cfg: VGPOConfig, rows: t
     for bucket, lo, hi, columns, block, passed in _gate_blocks(w, positions, cfg, rows):
         passed_total += float(passed.sum())
         if columns is None:  # rank == column: u = column / max(T-1, 1), as position_fractions computes it
-            u = torch.arange(lo, hi, dtype=torch.float32, device=w.device).div(positions.denom[bucket])
+            # columns past a short row's own tokens would give u > 1 (and inf under a large exponent): clamp
+            u = torch.arange(lo, hi, dtype=torch.float32, device=w.device).div(positions.denom[bucket]).clamp_max_(1.0)
         else:
             u = positions.u[bucket.unsqueeze(-1), columns]
         boosted = compensation_schedule(u, cfg).mul_(cfg.compensation_strength).mul_(passed).add_(1.0).mul_(block)

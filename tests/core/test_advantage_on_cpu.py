@@ -549,3 +549,34 @@ def test_reweight_refuses_an_advantage_that_varies_within_a_response():
     token_level[row, 0] += 0.5  # e.g. a GAE-style per-token advantage
     with pytest.raises(ValueError, match="one value per response"):
         reweight_advantage(token_level, rho, mask, index, VGPOConfig())
+
+
+def test_large_exponent_with_short_rows_beside_long_ones_stays_finite():
+    """Review bug: short rows sharing a gate bucket with long ones saw u > 1 past their own tokens, and a
+    large exponent overflowed that to inf, then NaN through the whole uid group."""
+    L = 2048
+    lengths = torch.tensor([2, 3, 2048, 1500, 10, 700, 2048, 40])
+    mask = (torch.arange(L).unsqueeze(0) < lengths.unsqueeze(1)).float()
+    g = torch.Generator().manual_seed(0)
+    rho = torch.rand(len(lengths), L, generator=g)
+    index = np.array(["a"] * 4 + ["b"] * 4, dtype=object)
+    for start in (0.0, 0.9):
+        cfg = VGPOConfig(compensation="exponential", compensation_exponent=12.0, compensation_start=start)
+        w = vgpo_weights(rho, mask, index, cfg)
+        assert torch.isfinite(w.token_weight).all() and torch.isfinite(w.trajectory_weight).all()
+        psi_ref, alpha_ref = reference_weights(rho, mask, index, cfg)
+        torch.testing.assert_close(w.token_weight, psi_ref, atol=2e-5, rtol=0)
+        torch.testing.assert_close(w.trajectory_weight, alpha_ref, atol=2e-5, rtol=0)
+
+
+def test_a_hole_is_seen_in_rows_longer_than_float32_can_count():
+    """Review bug: above 2**24 the prefix test compared an exact float64 column sum with a float32-rounded
+    T(T-1)/2, so a row with a hole next to its end (T = 6003) passed for contiguous."""
+
+    T = 6003
+    mask = torch.zeros(1, T + 1)
+    mask[0, : T - 1] = 1.0
+    mask[0, T] = 1.0  # valid columns 0..T-2 and T: T valid tokens with one hole at column T-1
+    positions = position_fractions(mask)
+    assert not positions.contiguous
+    assert positions.rank[0, T].item() == T - 1
