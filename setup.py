@@ -15,14 +15,18 @@ setup(
     install_requires=[
         "verl[verl-core]>=0.9.1,<0.10",
         "torch>=2.6",
-        "transformers>=4.52",
+        "transformers>=5.5.3,<5.11",  # verl 0.9.1's own range; the compat fixes are for transformers 5
         "omegaconf>=2.3",
         "mathruler",  # boxed-answer grading of the math reward and the evaluation CLI
+        # the console scripts: plots (vgpo-demo, vgpo-experiment, vgpo-analyze) and the offline shapes data
+        # set of the demo, the experiment and `vgpo-tiny-vlm --warm-start`
+        "matplotlib",
+        "easy-vqa>=1.0",
     ],
     extras_require={
         # GPU-only pieces: never installed on CPU machines or in CI.
         "gpu": ["vllm", "flash-attn"],
-        "test": ["pytest>=8", "hypothesis>=6", "easy-vqa>=1.0", "matplotlib", "pandas", "pyarrow"],
+        "test": ["pytest>=8", "hypothesis>=6", "pandas", "pyarrow"],
     },
     entry_points={
         # `import verl` imports every entry point of this group in every process (Ray workers included).

@@ -484,8 +484,8 @@ def main(argv=None) -> int:
         return 1
 
     png_path = out_dir / "demo.png"
+    write_summary_json(summaries, out_dir / "summary.json")  # first: the measured numbers must survive a plot failure
     plot_runs(runs, png_path)
-    write_summary_json(summaries, out_dir / "summary.json")
     summary = write_summary(runs, summaries, out_dir / "summary.md", png_path.name)
     print(summary)
     for algo, item in summaries.items():

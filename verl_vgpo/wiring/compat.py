@@ -9,10 +9,13 @@ ORIGINAL code and asserts that it still fails, so the test turns red once verl f
 from __future__ import annotations
 
 import functools
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
 from packaging.specifiers import SpecifierSet
+
+logger = logging.getLogger("verl_vgpo")
 
 
 def versions_match(**specifiers: str) -> bool:
@@ -26,6 +29,8 @@ def versions_match(**specifiers: str) -> bool:
         except PackageNotFoundError:
             return False
         if not SpecifierSet(specifier).contains(installed, prereleases=True):
+            logger.warning("verl-vgpo: a compat workaround for %s%s is not installed (%s %s is installed)",
+                           distribution, specifier, distribution, installed)
             return False
     return True
 
