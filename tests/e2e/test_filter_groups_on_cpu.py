@@ -6,12 +6,12 @@ One pair of runs checks three things (issue 12 §5, issue 14 §1):
 * the experiment driver writes report.json / report.md with one entry per seed and each run's own metrics;
 * filter_groups really acts: verl logs evicted groups, and every group the VGPO step trained on has mixed
   rewards and the batch is full again (refilled);
-* the focus of the kept rows is the focus of their own prompts and responses: with the learning rate at 0
-  the policy stays the warm start, so each dumped rollout's focus is recomputed here with a plain HF
-  forward of its own prompt, image and response and fed with the dumped rewards and uids to VGPO's
-  estimator; the logged focus statistics (mean, first/last third, the 5 position bins) must match within
-  2e-3. Limitation: these are batch statistics, so a swap between near-identical rows is not visible
-  (see the test).
+Not checked here (issue 14 §1 asks for it): that the focus of every kept row is its own. A recomputation
+of the dumped rollouts' focus with a plain HF forward cannot tell an aligned from a misaligned batch on
+this tiny model: its image features barely differ between images, and re-tokenising the dumped response
+text differs from the sampled ids, so the recomputed statistics were 3.6e-3 from the logged ones with each
+row's own response and 3.4e-3 with another group's (measured). The per-row alignment itself is tested in
+tests/wiring (response_aligned_focus, the trainer layer on verl's real trainer classes).
 
 Nothing is mocked: only the CPU platform and the hf_cpu rollout stand in for GPU pieces (verl registries).
 """
@@ -22,10 +22,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from verl_vgpo.apps import experiment
 from verl_vgpo.data import easy_vqa
@@ -35,8 +33,6 @@ BATCH_SIZE = 8
 ROLLOUT_N = 4
 RESPONSE_LENGTH = 32
 RUN_TIMEOUT_S = 420
-FOCUS_KEYS = ("vgpo/focus/mean", "vgpo/focus/first_third", "vgpo/focus/last_third")
-TOLERANCE = 2e-3  # float32 HF forward here vs verl's FSDP forward (measured errors <= 1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -113,84 +109,3 @@ def test_filter_groups_evicts_all_equal_groups_and_refills_the_batch(experiment_
             assert len(groups) == BATCH_SIZE, f"{algo} step {step}: {len(groups)} groups, batch not refilled"
             for uid, scores in groups.items():
                 assert len(scores) == ROLLOUT_N and len(set(scores)) > 1, f"{algo} step {step}: kept group {uid} {scores}"
-
-
-def _focus_of_dump(model, processor, samples_by_prompt: dict, rows: list[dict], response_of) -> tuple[torch.Tensor, ...]:
-    """(token_level_rewards, response_mask, focus) (bs, R) of the dumped rows, the focus recomputed with a
-    plain HF forward of each row's own prompt and image followed by ``response_of(row_index)`` (decoded text)."""
-    from PIL import Image
-
-    from verl_vgpo.cpu.warm_start import _prompt_strings
-    from verl_vgpo.focus import visual_focus_scores
-
-    tokenizer = processor.tokenizer
-    focus_rows, lengths = [], []
-    for index, row in enumerate(rows):
-        sample = samples_by_prompt[_prompt_key(row["input"])]
-        response_ids = tokenizer(response_of(index), add_special_tokens=False)["input_ids"]
-        if len(response_ids) < RESPONSE_LENGTH:
-            response_ids.append(tokenizer.eos_token_id)  # generation stopped at <|im_end|> (decoded without it)
-        image = Image.open(sample["image_path"]).convert("RGB")
-        prompt = processor(text=_prompt_strings(processor, [sample]), images=[image], return_tensors="pt")
-        input_ids = torch.cat([prompt["input_ids"][0], torch.tensor(response_ids)])
-        with torch.no_grad():
-            output = model(input_ids=input_ids[None], attention_mask=torch.ones_like(input_ids)[None],
-                           pixel_values=prompt["pixel_values"], image_grid_thw=prompt["image_grid_thw"],
-                           output_hidden_states=True)
-        hidden = output.hidden_states[-1][0].float()
-        focus = visual_focus_scores(hidden, input_ids, torch.tensor([0, len(input_ids)]), [model.config.image_token_id])
-        focus_rows.append(focus[-len(response_ids):])  # a response token's focus sits at its own position
-        lengths.append(len(response_ids))
-    width = max(lengths)
-    mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).float()
-    focus = torch.full((len(rows), width), float("nan"))
-    rewards = torch.zeros(len(rows), width)
-    for i, (values, length) in enumerate(zip(focus_rows, lengths)):
-        focus[i, :length] = values
-        rewards[i, length - 1] = float(rows[i]["score"])
-    return rewards, mask, focus
-
-
-def _prompt_key(decoded_prompt: str) -> str:
-    marker = f" {easy_vqa.INSTRUCTION}"
-    assert marker in decoded_prompt, decoded_prompt
-    return decoded_prompt.split(marker)[0].rsplit("\n", 1)[-1]
-
-
-def test_focus_of_every_kept_row_is_its_own(experiment_out):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from verl_vgpo.advantage import compute_vgpo_advantage
-
-    model = AutoModelForImageTextToText.from_pretrained(experiment_out["model"], dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(experiment_out["model"])
-    import easy_vqa as easy_vqa_package
-
-    image_paths = easy_vqa_package.get_train_image_paths()
-    train = pd.read_parquet(experiment_out["data"] / "train.parquet")
-    samples_by_prompt = {info["question"]: {**info, "image_path": image_paths[info["image_id"]]}
-                         for info in train["extra_info"]}
-    assert len(samples_by_prompt) == len(train), "question texts must identify their image"
-    other_images = [sample["image_path"] for sample in samples_by_prompt.values()]
-
-    records = {r["step"]: r for r in _records(experiment_out["out"], "vgpo")}
-    keys = [*FOCUS_KEYS, *(f"vgpo/focus/pos_bin_{k}" for k in range(5))]
-    for step in range(1, STEPS + 1):
-        rows = _dumped(experiment_out["out"], "vgpo", step)
-        uids = np.array([row["uid"].rsplit("_", 2)[0] for row in rows], dtype=object)
-        logged = records[step]
-
-        def statistics(response_of):
-            rewards, mask, focus = _focus_of_dump(model, processor, samples_by_prompt, rows, response_of)
-            metrics = {}
-            compute_vgpo_advantage(rewards, mask, uids, focus, config=None, metrics=metrics)
-            return metrics
-
-        own = statistics(lambda index: rows[index]["output"])
-        errors = {key: abs(own[key] - logged[key]) for key in keys}
-        assert max(errors.values()) < TOLERANCE, f"step {step}: recomputed vs logged focus statistics differ: {errors}"
-        # What this cannot see: a mix-up between rows whose recomputed statistics are nearly equal. Pairing
-        # each prompt with the response of another group moves them by only ~2e-3 on this tiny model (its
-        # image features barely differ between images), the same size as the forward-to-forward difference
-        # above, so no such control is asserted; row-length mix-ups are refused by the wiring itself
-        # (response_aligned_focus checks every row's full and response lengths).
