@@ -201,3 +201,20 @@ def test_one_special_token_rule_for_rollout_and_evaluation(tiny_vlm_path, server
     assert tokenizer.eos_token_id not in suppressed
     image_pad = server.hf_config.image_token_id
     assert image_pad in suppressed and image_pad in server.suppress_ids
+
+
+def test_full_determinism_seeds_once_so_rollouts_differ_and_repeat(tiny_vlm_path):
+    """Seeding every request made the n rollouts of a prompt identical; one seed per server keeps them
+    distinct and a fresh server with the same request order repeats them."""
+
+    def two_samples():
+        server = hf_cpu.HFCpuRolloutServer(_rollout_config(full_determinism=True, seed=7),
+                                           OmegaConf.create({"path": tiny_vlm_path}))
+        prompt_ids, images = _image_prompt(server)
+        params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1}
+        return [asyncio.run(server.generate(prompt_ids=prompt_ids, sampling_params=params, request_id=f"r{i}",
+                                            image_data=images)).token_ids for i in range(2)]
+
+    first, second = two_samples()
+    assert first != second
+    assert two_samples() == [first, second]

@@ -117,6 +117,7 @@ class HFCpuRolloutServer:
         self.weight_updates = 0
         self._lock = asyncio.Lock()
         self._accepting = True
+        self._seeded = False  # full_determinism: the first request seeds the RNG
         if num_threads is not None:  # the actor shares the cores with its training worker
             torch.set_num_threads(max(1, int(num_threads)))
 
@@ -151,9 +152,14 @@ class HFCpuRolloutServer:
         params = dict(sampling_params)
         max_new_tokens = resolve_max_new_tokens(params, len(prompt_ids), self.config)
         inputs = generation.inputs_from_ids(prompt_ids, image_data, self.processor, self.hf_config)
-        seed = (self.config.seed + self.replica_rank) if self.config.full_determinism else None
 
         async with self._lock:
+            # full determinism: the RNG is seeded once per server, like vLLM's engine seed, so the n rollouts of
+            # a prompt still differ and a rerun with the same request order repeats them (seeding every request
+            # made all n rollouts of a prompt identical)
+            seed = None
+            if self.config.full_determinism and not self._seeded:
+                seed, self._seeded = self.config.seed + self.replica_rank, True
             result = await asyncio.to_thread(
                 generation.generate,
                 self.model,
