@@ -12,8 +12,10 @@ verl's own logic (KL in reward, rollout correction, TQ write-back) stays verl's:
   the focus to the response tokens and runs verl's ``_compute_advantage`` inside
   :func:`verl_vgpo.wiring.estimator.focus_scores_for_advantage`, then adds the estimator's metrics to
   the step metrics.
+* ``_log_rollout_data`` (only with ``trainer.rollout_data_dir``): verl's dump, plus
+  :data:`FOCUS_DUMP_FILE` per step with each row's token ids, focus and advantages.
 
-With any other estimator both methods delegate straight to verl. :func:`check_vgpo_trainer_config`
+With any other estimator these methods delegate straight to verl. :func:`check_vgpo_trainer_config`
 (settings VGPO cannot serve) runs at trainer construction and, through :mod:`.driver`, in the driver
 before Ray starts. :func:`register_trainers` puts the three classes into verl's ``TRAINER_REGISTRY`` at
 plugin load; verl's trainer package is imported eagerly (~0.16 s more in a process that already imported
@@ -30,7 +32,9 @@ worker bridge writing every per-row model-output field of the engine to TQ.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import time
 from typing import Any, Optional
@@ -60,6 +64,9 @@ logger = logging.getLogger("verl_vgpo")
 FOCUS_FETCH_TIME_METRIC = METRIC_PREFIX + "timing/focus_fetch_s"
 FOCUS_CAPTURE_TIME_METRIC = METRIC_PREFIX + "timing/focus_capture_s"
 NO_SIGNAL_METRIC = METRIC_PREFIX + "no_signal_fraction"
+
+# with trainer.rollout_data_dir set, VGPO runs also write this file per step beside verl's {step}.jsonl
+FOCUS_DUMP_FILE = "vgpo_focus_{step}.jsonl"
 
 # the extra_info entries this layer sets for the old-log-prob pass and removes afterwards
 _CAPTURE_KEYS = (CAPTURE_FOCUS_FLAG, FOCUS_VISUAL_TOKENS_KEY)
@@ -225,6 +232,14 @@ def _multi_output_keys(keys: list[str]) -> list[str]:
     return extra
 
 
+def _dump_sort_key(key: str) -> tuple:
+    """verl's rollout-dump order: ``{sample}_{rollout}_{output}`` keys by sample, then the two numbers."""
+    parts = key.rsplit("_", 2)
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        return (parts[0], int(parts[1]), int(parts[2]))
+    return (key, 0, 0)
+
+
 def _missing_focus_message(batch_size: int, field_name: str) -> str:
     plugins = os.environ.get("VERL_USE_EXTERNAL_PLUGINS")
     return (
@@ -245,7 +260,7 @@ def _missing_focus_message(batch_size: int, field_name: str) -> str:
 class VGPOTrainerMixin:
     """Adds VGPO's focus hand-over to a verl V1 trainer; a no-op unless adv_estimator is vgpo.
 
-    Put it first in the bases so its two overrides wrap the mode's own (separate_async overrides
+    Put it first in the bases so its overrides wrap the mode's own (separate_async overrides
     ``_compute_old_log_prob`` to restore the stable old policy; the flag must cover that call too).
     """
 
@@ -305,6 +320,42 @@ class VGPOTrainerMixin:
                 "model with a processor, and that algorithm.vgpo.visual_tokens includes the modality of the data."
             )
         self._vgpo_visual_signal_seen = True
+
+    def _log_rollout_data(self, batch: KVBatchMeta, timing_raw: dict, rollout_data_dir: str) -> None:
+        """verl's rollout dump, plus (VGPO only) :data:`FOCUS_DUMP_FILE` with what VGPO trained on.
+
+        verl's ``{step}.jsonl`` holds decoded text only, so the focus and advantage of a row cannot be tied
+        back to the exact sampled tokens from it. This file holds, per row (sorted like verl's dump, by
+        key): ``uid`` (the TQ key, as verl's ``uid`` column), ``step``, ``prompt_ids``, ``response_ids``,
+        ``focus`` (raw cosine of every response token, null where the row has no visual signal) and
+        ``advantages``, read from TQ in one call before verl clears the step's rows.
+        """
+        super()._log_rollout_data(batch, timing_raw, rollout_data_dir)
+        if self.vgpo_config is None:
+            return
+        import transfer_queue as tq
+
+        fields = ["prompts", "responses", "response_mask", FOCUS_OUTPUT_KEY, "advantages"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        if FOCUS_OUTPUT_KEY not in data.keys():
+            raise MissingFocusFieldError(_missing_focus_message(len(batch), FOCUS_OUTPUT_KEY))
+        focus = response_aligned_focus(data[FOCUS_OUTPUT_KEY], data["response_mask"])
+        lengths = data["response_mask"].offsets().diff().tolist()
+        prompts, responses, advantages = (data[name].unbind() for name in ("prompts", "responses", "advantages"))
+        order = sorted(range(len(batch.keys)), key=lambda i: _dump_sort_key(batch.keys[i]))
+        os.makedirs(rollout_data_dir, exist_ok=True)
+        path = os.path.join(rollout_data_dir, FOCUS_DUMP_FILE.format(step=self.global_steps))
+        with open(path, "w") as out:
+            for i in order:
+                row = {
+                    "uid": batch.keys[i],
+                    "step": self.global_steps,
+                    "prompt_ids": prompts[i].tolist(),
+                    "response_ids": responses[i].tolist(),
+                    "focus": [None if math.isnan(v) else v for v in focus[i, : lengths[i]].tolist()],
+                    "advantages": advantages[i].tolist(),
+                }
+                out.write(json.dumps(row) + "\n")
 
     def _fetch_response_focus(self, batch: KVBatchMeta) -> tuple[torch.Tensor, float]:
         """(bs, R) focus aligned with the padded response_mask that verl's _compute_advantage builds, and
