@@ -187,3 +187,33 @@ def test_family_is_part_of_the_settings_key_and_cli(tiny_vlm_path, tmp_path):
     main(["--out", str(tmp_path / "cli"), "--family", "qwen3_vl", "--num-hidden-layers", "1"])
     config = AutoConfig.from_pretrained(tmp_path / "cli")
     assert config.model_type == "qwen3_vl" and config.text_config.num_hidden_layers == 1
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "qwen3_5"])
+def test_warm_preset_gives_16_image_tokens_and_background_centred_pixels(family, tmp_path):
+    """The warm preset (what the warm start trains): a 64x64 easy-vqa image becomes 4x4 merged image tokens
+    whatever the family's patch size, and its near-white background normalises to about 0, so the shape is
+    what the patch embedding sees (with the test preset the background dominates; see tiny_vlm.PRESETS)."""
+    from transformers import AutoProcessor
+
+    from verl_vgpo.cpu.warm_start import _images
+    from verl_vgpo.data.easy_vqa import load_split
+
+    processor = AutoProcessor.from_pretrained(build_tiny_vlm(tmp_path / "m", preset="warm", family=family))
+    sample = load_split("train")[0]
+    pixels = processor.image_processor(images=_images(processor, [sample]), return_tensors="pt")
+    merge = processor.image_processor.merge_size
+    assert int(pixels["image_grid_thw"].prod()) // merge**2 == 16
+    values = pixels["pixel_values"].abs()
+    # most patch values are background: near 0 with the warm normalisation, ~1.9 with CLIP's default
+    assert float(values.median()) < 0.3, float(values.median())
+    record = json.loads((tmp_path / "m" / SETTINGS_FILE).read_text())
+    assert record["size"]["image_mean"] == 0.95 and record["size"]["image_std"] == 0.3
+
+
+def test_test_preset_record_has_no_normalisation_fields(tiny_vlm_path):
+    """Builds with the processor's default normalisation keep the settings record they had before the
+    image_mean / image_std fields existed (None fields are not recorded), so cached folders stay valid."""
+    with open(os.path.join(tiny_vlm_path, SETTINGS_FILE)) as settings_file:
+        record = json.load(settings_file)
+    assert "image_mean" not in record["size"] and "image_std" not in record["size"]
