@@ -84,3 +84,19 @@ def test_tiny_vlm_cli_builds_the_warm_start(tmp_path, monkeypatch):
     tiny_vlm.main(["--warm-start", "--out", str(tmp_path / "m"), "--warm-steps", "7", "--family", "qwen2_5_vl"])
     (out, settings, overrides), = calls
     assert out == str(tmp_path / "m") and settings.steps == 7 and settings.family == "qwen2_5_vl" and overrides == {}
+
+
+def test_supervised_images_are_resized_as_verls_rl_dataset_resizes_them(tiny_vlm_path):
+    """The warm start feeds the processor the same pixels verl's RLHFDataset does (qwen_vl_utils' resize via
+    verl's process_image), so supervised and RL inputs of one image match exactly."""
+    import numpy as np
+    from transformers import AutoProcessor
+    from verl.utils.dataset.vision_utils import process_image
+
+    processor = AutoProcessor.from_pretrained(tiny_vlm_path)
+    sample = easy_vqa.load_split("train")[0]
+    with open(sample["image_path"], "rb") as image_file:
+        verl_image = process_image({"bytes": image_file.read()}, image_patch_size=processor.image_processor.patch_size)
+    ours, = warm_start._images(processor, [sample])
+    assert ours.size == verl_image.size
+    assert np.array_equal(np.asarray(ours), np.asarray(verl_image))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 SETTINGS_FILE = "warm_start_settings.json"
 # bumped whenever the training recipe or the response format changes, so old folders are rebuilt
-WARM_START_FORMAT_VERSION = 1
+WARM_START_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,8 @@ class WarmStartSettings:
 
     seed: int = 0
     family: str = "qwen2_5_vl"
-    preset: str = "test"
-    steps: int = 120  # optimiser steps (about 20 s on one core)
+    preset: str = "warm"
+    steps: int = 250  # optimiser steps
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 20
@@ -94,10 +94,15 @@ def _prompt_strings(processor, samples: list[dict]) -> list[str]:
                                           add_generation_prompt=True) for sample in samples]
 
 
-def _images(samples: list[dict]):
+def _images(processor, samples: list[dict]):
+    """The samples' images as verl's RL dataset hands them to the processor: resized by qwen_vl_utils'
+    ``fetch_image`` (verl.utils.dataset.vision_utils.process_image), so supervised and RL inputs match."""
     from PIL import Image
+    from qwen_vl_utils import fetch_image
 
-    return [Image.open(sample["image_path"]).convert("RGB") for sample in samples]
+    patch_size = processor.image_processor.patch_size
+    return [fetch_image({"image": Image.open(sample["image_path"]).convert("RGB")}, image_patch_size=patch_size)
+            for sample in samples]
 
 
 def training_batch(processor, samples: list[dict]) -> dict:
@@ -110,7 +115,7 @@ def training_batch(processor, samples: list[dict]) -> dict:
     prompts = _prompt_strings(processor, samples)
     targets = [target_text(s["color"], s["shape"], s["answer"]) + tokenizer.eos_token for s in samples]
     tokenizer.padding_side = "right"
-    full = processor(text=[p + t for p, t in zip(prompts, targets)], images=_images(samples), padding=True,
+    full = processor(text=[p + t for p, t in zip(prompts, targets)], images=_images(processor, samples), padding=True,
                      return_tensors="pt")
     # prompt length in tokens: the text tokens plus the expansion of the one image pad to the image's tokens
     merge = processor.image_processor.merge_size ** 2
@@ -140,7 +145,7 @@ def greedy_answers(model, processor, samples: list[dict], max_new_tokens: int = 
     with torch.no_grad():
         for start in range(0, len(samples), batch_size):
             chunk = samples[start:start + batch_size]
-            inputs = processor(text=_prompt_strings(processor, chunk), images=_images(chunk), padding=True,
+            inputs = processor(text=_prompt_strings(processor, chunk), images=_images(processor, chunk), padding=True,
                                return_tensors="pt")
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -291,7 +296,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> WarmStartSettings:
-    return WarmStartSettings(seed=args.seed, family=args.family, preset=args.preset, steps=args.warm_steps,
+    preset = args.preset or WarmStartSettings.preset
+    return WarmStartSettings(seed=args.seed, family=args.family, preset=preset, steps=args.warm_steps,
                              batch_size=args.warm_batch_size, lr=args.warm_lr, eval_size=args.warm_eval_size)
 
 
@@ -300,7 +306,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--family", default="qwen2_5_vl")
-    parser.add_argument("--preset", default="test")
+    parser.add_argument("--preset", default=WarmStartSettings.preset)
     add_arguments(parser)
     args = parser.parse_args(argv)
     build_warm_start(args.out, settings_from_args(args))
