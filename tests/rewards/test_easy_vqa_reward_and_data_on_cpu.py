@@ -141,10 +141,27 @@ def test_converter_writes_verl_rl_parquet(tmp_path):
 def test_converter_refuses_bad_sizes():
     with pytest.raises(ValueError, match="must be positive"):
         converter.build_rows("train", 0, seed=0)
-    with pytest.raises(ValueError, match=r"only \d+ usable images; asked for 1001"):
+    with pytest.raises(ValueError, match=r"only \d+ usable images with all questions; asked for 1001"):
         converter.build_rows("test", 1001, seed=0)
+    with pytest.raises(ValueError, match=r"only \d+ usable images with open questions; asked for 870"):
+        converter.build_rows("test", 870, seed=0, kinds="open")
     with pytest.raises(ValueError, match="unknown easy-vqa split"):
         converter.build_rows("validation", 2, seed=0)
+    with pytest.raises(ValueError, match="unknown easy-vqa question kinds 'closed'"):
+        converter.build_rows("train", 2, seed=0, kinds="closed")
+
+
+def test_open_questions_keep_only_colour_and_shape_answers(tmp_path):
+    outputs = converter.main(["--local_save_dir", str(tmp_path), "--train_size", "40", "--val_size", "20",
+                              "--questions", "open"])
+    for split in ("train", "test"):
+        frame = pd.read_parquet(outputs[split])
+        answers = frame["reward_model"].map(lambda reward: reward["ground_truth"])
+        assert set(answers) <= set(converter.COLORS + converter.SHAPES), set(answers)
+        assert frame["extra_info"].map(lambda info: info["image_id"]).is_unique
+    # the default keeps every kind: yes/no questions are most of easy-vqa
+    every_kind = converter.build_rows("train", 40, seed=0)
+    assert {row["reward_model"]["ground_truth"] for row in every_kind} & set(converter.YES_NO)
 
 
 def test_rows_load_through_verls_dataset_with_the_tiny_vlm_processor(tmp_path):

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from verl_vgpo.data.easy_vqa import QUESTION_KINDS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # package data (setup.py); examples/run_vgpo_tiny_cpu.sh is a link to this file
 RUN_SCRIPT = Path(__file__).resolve().with_name("run_vgpo_tiny_cpu.sh")
@@ -56,6 +58,7 @@ DEMO_SETTINGS = {
     "REWARD_FN": "compute_score",
 }
 DEMO_STEPS = 20
+DEMO_QUESTIONS = "all"
 
 _STEP_LINE = re.compile(r"\bstep:(\d+) - (.*)$")
 
@@ -415,7 +418,7 @@ def write_summary(runs: dict[str, list[dict]], summaries: dict[str, dict], summa
 
 
 def prepare_inputs(model_dir: Path, data_dir: Path, family: str, train_size: int, val_size: int,
-                   warm_start: bool = True, build_data: bool = True) -> None:
+                   warm_start: bool = True, build_data: bool = True, questions: str = "all") -> None:
     """The warm-started (or random) model and the easy-vqa parquet files, built when missing or stale
     (``build_data=False``: the given data folder is used as it is, only checked)."""
     from verl_vgpo.data import easy_vqa
@@ -432,11 +435,12 @@ def prepare_inputs(model_dir: Path, data_dir: Path, family: str, train_size: int
         from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
 
         build_tiny_vlm(model_dir, family=family)
-    wanted = {"train_size": train_size, "val_size": val_size, "seed": 0}
+    wanted = {"train_size": train_size, "val_size": val_size, "seed": 0, "questions": questions}
     record_path = data_dir / "easy_vqa_settings.json"
     if build_data and (not record_path.exists() or json.loads(record_path.read_text()) != wanted):
-        print(f"building easy-vqa parquet files in {data_dir} ({train_size} train, {val_size} held-out)", flush=True)
-        easy_vqa.write_splits(data_dir, train_size=train_size, val_size=val_size, seed=0)
+        print(f"building easy-vqa parquet files in {data_dir} ({train_size} train, {val_size} held-out, "
+              f"{questions} questions)", flush=True)
+        easy_vqa.write_splits(data_dir, train_size=train_size, val_size=val_size, seed=0, kinds=questions, quiet=True)
         record_path.write_text(json.dumps(wanted))
     check_model_has_image_tokens(model_dir)
     for split_file in ("train.parquet", "test.parquet"):
@@ -452,6 +456,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model-dir", default=None, help="default: <out>/../tiny_vlm_warm_<family> (built if missing)")
     parser.add_argument("--data-dir", default=None, help="default: <out>/../easy_vqa_demo (built if missing)")
     parser.add_argument("--val-size", type=int, default=DEMO_SETTINGS["VAL_SIZE"], help="held-out questions")
+    parser.add_argument("--questions", default=DEMO_QUESTIONS, choices=QUESTION_KINDS,
+                        help="easy-vqa questions to train and validate on (default %(default)s; see DEMO_QUESTIONS)")
     parser.add_argument("--timeout", type=float, default=900.0, help="wall-clock limit per main_ppo run, seconds")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides passed to main_ppo")
     args = parser.parse_args(argv)
@@ -466,7 +472,9 @@ def main(argv=None) -> int:
              "MODEL_FAMILY": args.family}
     start = time.monotonic()
     try:
-        prepare_inputs(model_dir, data_dir, args.family, knobs["TRAIN_SIZE"], args.val_size)
+        # a --model-dir that already holds a checkpoint is used as it is (not rebuilt to the default warm start)
+        prepare_inputs(model_dir, data_dir, args.family, knobs["TRAIN_SIZE"], args.val_size, questions=args.questions,
+                       warm_start=args.model_dir is None or not (model_dir / "config.json").exists())
         algorithms = ALGORITHMS if args.algo == "both" else (args.algo,)
         runs, summaries = {}, {}
         for algo in algorithms:

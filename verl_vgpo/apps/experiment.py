@@ -302,6 +302,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None, help="default: <out>/../easy_vqa_experiment")
     parser.add_argument("--train-size", type=int, default=demo.DEMO_SETTINGS["TRAIN_SIZE"])
     parser.add_argument("--val-size", type=int, default=demo.DEMO_SETTINGS["VAL_SIZE"])
+    parser.add_argument("--questions", default=demo.DEMO_QUESTIONS, choices=demo.QUESTION_KINDS,
+                        help="easy-vqa questions to train and validate on (default: the demo's, %(default)s)")
     parser.add_argument("--timeout", type=float, default=900.0, help="wall-clock limit per run, seconds")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier experiment in --out")
     parser.add_argument("--set", nargs="+", default=[], metavar="KNOB=VALUE",
@@ -323,7 +325,8 @@ def main(argv=None) -> int:
     model_dir = Path(args.model_dir).resolve() if args.model_dir else out_dir.parent / f"tiny_vlm_warm_{args.family}"
     data_dir = Path(args.data_dir).resolve() if args.data_dir else out_dir.parent / "easy_vqa_experiment"
     settings = {"algorithms": args.algorithms, "seeds": seeds, "steps": steps, "family": args.family,
-                "knobs": knobs, "overrides": args.overrides, "model_dir": str(model_dir), "data_dir": str(data_dir)}
+                "knobs": knobs, "overrides": args.overrides, "model_dir": str(model_dir), "data_dir": str(data_dir),
+                "questions": args.questions}
     start = time.monotonic()
     try:
         check_settings(args.algorithms, seeds, steps, knobs, args.timeout)
@@ -331,7 +334,8 @@ def main(argv=None) -> int:
         try:
             demo.prepare_inputs(model_dir, data_dir, args.family, args.train_size, args.val_size,
                                 warm_start=args.model_dir is None or not (model_dir / "config.json").exists(),
-                                build_data=args.data_dir is None or not (data_dir / "train.parquet").exists())
+                                build_data=args.data_dir is None or not (data_dir / "train.parquet").exists(),
+                                questions=args.questions)
         except demo.DemoError as error:
             raise ExperimentError(str(error)) from error
         (out_dir / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))

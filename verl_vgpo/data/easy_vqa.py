@@ -32,6 +32,11 @@ DATA_SOURCE = "easy_vqa"
 ANSWER_MARKER = "Answer:"
 INSTRUCTION = f"Name the colour and the shape, then give the answer as '{ANSWER_MARKER} <one word>'."
 SPLITS = ("train", "test")
+# which questions a split keeps: "all", or "open" (the answer is a colour or a shape, read off the image;
+# the yes/no questions are left out: their wording alone decides most of them, e.g. "is there not a
+# <colour> shape?" is nearly always "yes")
+QUESTION_KINDS = ("all", "open")
+YES_NO = ("yes", "no")
 
 # the shape words and colours easy-vqa's questions use (its answers use a subset of the colours)
 SHAPES = ("circle", "rectangle", "triangle")
@@ -119,11 +124,16 @@ def load_split(split: str) -> list[dict]:
     ]
 
 
-def sample_questions(split: str, size: int, seed: int, one_per_image: bool = True) -> list[dict]:
-    """``size`` questions of ``split``: a seeded shuffle, at most one question per image by default."""
+def sample_questions(split: str, size: int, seed: int, one_per_image: bool = True, kinds: str = "all") -> list[dict]:
+    """``size`` questions of ``split`` of the given ``kinds`` (:data:`QUESTION_KINDS`): a seeded shuffle, at
+    most one question per image by default."""
     if size <= 0:
         raise ValueError(f"size of the {split} split must be positive, got {size}")
+    if kinds not in QUESTION_KINDS:
+        raise ValueError(f"unknown easy-vqa question kinds {kinds!r}; expected one of {QUESTION_KINDS}")
     samples = load_split(split)
+    if kinds == "open":
+        samples = [sample for sample in samples if sample["answer"] not in YES_NO]
     random.Random(seed).shuffle(samples)
     chosen, used_images = [], set()
     for sample in samples:
@@ -133,13 +143,14 @@ def sample_questions(split: str, size: int, seed: int, one_per_image: bool = Tru
         chosen.append(sample)
         if len(chosen) == size:
             return chosen
-    raise ValueError(f"easy-vqa split {split!r} has only {len(chosen)} usable images; asked for {size} rows")
+    raise ValueError(f"easy-vqa split {split!r} has only {len(chosen)} usable images with {kinds} questions; "
+                     f"asked for {size} rows")
 
 
-def build_rows(split: str, size: int, seed: int) -> list[dict]:
+def build_rows(split: str, size: int, seed: int, kinds: str = "all") -> list[dict]:
     """``size`` verl RL rows of ``split`` (see :func:`sample_questions`)."""
     rows = []
-    for index, sample in enumerate(sample_questions(split, size, seed)):
+    for index, sample in enumerate(sample_questions(split, size, seed, kinds=kinds)):
         with open(sample["image_path"], "rb") as image_file:
             png_bytes = image_file.read()
         rows.append({
@@ -156,7 +167,7 @@ def build_rows(split: str, size: int, seed: int) -> list[dict]:
 
 
 def write_splits(out_dir: str | os.PathLike, train_size: int, val_size: int, seed: int = 0,
-                 quiet: bool = False) -> dict[str, str]:
+                 quiet: bool = False, kinds: str = "all") -> dict[str, str]:
     """Write ``train.parquet`` and ``test.parquet`` to ``out_dir``; returns {"train": path, "test": path}."""
     import pandas as pd
 
@@ -164,10 +175,10 @@ def write_splits(out_dir: str | os.PathLike, train_size: int, val_size: int, see
     outputs = {}
     for split, size in (("train", train_size), ("test", val_size)):
         path = os.path.join(out_dir, f"{split}.parquet")
-        pd.DataFrame(build_rows(split, size, seed)).to_parquet(path)
+        pd.DataFrame(build_rows(split, size, seed, kinds=kinds)).to_parquet(path)
         outputs[split] = path
         if not quiet:
-            print(f"easy_vqa: wrote {size} {split} rows to {path}")
+            print(f"easy_vqa: wrote {size} {split} rows ({kinds} questions) to {path}")
     return outputs
 
 
@@ -177,8 +188,10 @@ def main(argv=None) -> dict[str, str]:
     parser.add_argument("--train_size", type=int, default=256)
     parser.add_argument("--val_size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--questions", default="all", choices=QUESTION_KINDS,
+                        help="all questions, or only the open ones (colour / shape answers)")
     args = parser.parse_args(argv)
-    return write_splits(args.local_save_dir, args.train_size, args.val_size, args.seed)
+    return write_splits(args.local_save_dir, args.train_size, args.val_size, args.seed, kinds=args.questions)
 
 
 if __name__ == "__main__":
