@@ -142,3 +142,21 @@ def test_missing_easy_vqa_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(demo.DemoError, match="easy-vqa package is not installed"):
         demo.prepare_inputs(tmp_path / "model", tmp_path / "data", "qwen2_5_vl", 8, 4)
     assert not (tmp_path / "model").exists()
+
+
+def test_an_existing_model_dir_is_used_as_it_is(tmp_path, monkeypatch):
+    """--model-dir holding a checkpoint is not rebuilt to the default warm start; a missing one is built."""
+    calls = []
+
+    def record_and_stop(model_dir, data_dir, family, train_size, val_size, **kwargs):
+        calls.append((model_dir, kwargs))
+        raise demo.DemoError("stop before main_ppo")
+
+    monkeypatch.setattr(demo, "prepare_inputs", record_and_stop)
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "config.json").write_text("{}")
+    for model_dir in (existing, tmp_path / "missing"):
+        assert demo.main(["--out", str(tmp_path / "out"), "--model-dir", str(model_dir), "--steps", "1"]) == 1
+    assert [kwargs["warm_start"] for _, kwargs in calls] == [False, True]
+    assert all(kwargs["questions"] == demo.DEMO_QUESTIONS for _, kwargs in calls)
