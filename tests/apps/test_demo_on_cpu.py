@@ -160,3 +160,15 @@ def test_an_existing_model_dir_is_used_as_it_is(tmp_path, monkeypatch):
         assert demo.main(["--out", str(tmp_path / "out"), "--model-dir", str(model_dir), "--steps", "1"]) == 1
     assert [kwargs["warm_start"] for _, kwargs in calls] == [False, True]
     assert all(kwargs["questions"] == demo.DEMO_QUESTIONS for _, kwargs in calls)
+    assert all(kwargs["build_data"] for _, kwargs in calls)  # no --data-dir: the demo's own folder
+
+
+def test_given_data_built_with_other_questions_is_refused(tmp_path):
+    """A --data-dir used as it is must hold the asked question kinds (its record says which it holds)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "easy_vqa_settings.json").write_text(json.dumps({"train_size": 8, "val_size": 4, "seed": 0,
+                                                              "questions": "all"}))
+    with pytest.raises(demo.DemoError, match="built with all questions, not open"):
+        demo.prepare_inputs(tmp_path / "model", data, "qwen2_5_vl", 8, 4, warm_start=False, build_data=False,
+                            questions="open")

@@ -63,3 +63,13 @@ def test_other_estimators_write_verls_dump_only(make_config, make_rig, tmp_path)
     dump_step(make_config, make_rig, tmp_path, "grpo")
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["1.jsonl"]
+
+
+def test_dump_order_is_numeric_in_rollout_and_output_index_like_verls():
+    from verl_vgpo.wiring.trainer import _dump_sort_key
+
+    keys = ["q1_10_0", "q1_2_0", "q0_1_1", "q0_1_0", "pad3_0_0"]
+    # verl's _log_rollout_data sorts by (sample, int(rollout), int(output)); a plain string sort would put
+    # rollout 10 before rollout 2
+    assert sorted(keys, key=_dump_sort_key) == ["pad3_0_0", "q0_1_0", "q0_1_1", "q1_2_0", "q1_10_0"]
+    assert sorted(keys) != sorted(keys, key=_dump_sort_key)

@@ -435,8 +435,15 @@ def prepare_inputs(model_dir: Path, data_dir: Path, family: str, train_size: int
         from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
 
         build_tiny_vlm(model_dir, family=family)
+    else:
+        print(f"using the checkpoint in {model_dir} as it is", flush=True)
     wanted = {"train_size": train_size, "val_size": val_size, "seed": 0, "questions": questions}
     record_path = data_dir / "easy_vqa_settings.json"
+    if not build_data and record_path.exists():
+        built_with = json.loads(record_path.read_text()).get("questions", "all")
+        if built_with != questions:
+            raise DemoError(f"{data_dir} holds easy-vqa files built with {built_with} questions, not {questions}: "
+                            f"pass --questions {built_with} or another data folder")
     if build_data and (not record_path.exists() or json.loads(record_path.read_text()) != wanted):
         print(f"building easy-vqa parquet files in {data_dir} ({train_size} train, {val_size} held-out, "
               f"{questions} questions)", flush=True)
@@ -472,9 +479,11 @@ def main(argv=None) -> int:
              "MODEL_FAMILY": args.family}
     start = time.monotonic()
     try:
-        # a --model-dir that already holds a checkpoint is used as it is (not rebuilt to the default warm start)
+        # a --model-dir / --data-dir that already holds a checkpoint / parquet files is used as it is (not rebuilt
+        # to the default warm start / overwritten with the demo's data)
         prepare_inputs(model_dir, data_dir, args.family, knobs["TRAIN_SIZE"], args.val_size, questions=args.questions,
-                       warm_start=args.model_dir is None or not (model_dir / "config.json").exists())
+                       warm_start=args.model_dir is None or not (model_dir / "config.json").exists(),
+                       build_data=args.data_dir is None or not (data_dir / "train.parquet").exists())
         algorithms = ALGORITHMS if args.algo == "both" else (args.algo,)
         runs, summaries = {}, {}
         for algo in algorithms:

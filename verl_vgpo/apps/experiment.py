@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from verl_vgpo.apps import demo
+from verl_vgpo.data import easy_vqa
 
 REPORT_FORMAT = "vgpo-experiment/1"
 ALGORITHMS = ("grpo", "vgpo")
@@ -302,7 +303,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None, help="default: <out>/../easy_vqa_experiment")
     parser.add_argument("--train-size", type=int, default=demo.DEMO_SETTINGS["TRAIN_SIZE"])
     parser.add_argument("--val-size", type=int, default=demo.DEMO_SETTINGS["VAL_SIZE"])
-    parser.add_argument("--questions", default=demo.DEMO_QUESTIONS, choices=demo.QUESTION_KINDS,
+    parser.add_argument("--questions", default=demo.DEMO_QUESTIONS, choices=easy_vqa.QUESTION_KINDS,
                         help="easy-vqa questions to train and validate on (default: the demo's, %(default)s)")
     parser.add_argument("--timeout", type=float, default=900.0, help="wall-clock limit per run, seconds")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier experiment in --out")

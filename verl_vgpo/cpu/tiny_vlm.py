@@ -17,7 +17,9 @@ Shared by all families:
   answers plus chat text) with Qwen's special tokens, wrapped in ``PreTrainedTokenizerFast`` with a
   Qwen2-VL chat template;
 * the family's image / video processors with small pixel limits, so a 64x64 image becomes a handful
-  of ``<|image_pad|>`` tokens;
+  of ``<|image_pad|>`` tokens (4 with the ``test`` preset; 16 with the ``warm`` preset, whose pixel
+  normalisation is centred on easy-vqa's near-white background so that the vision input can be learned,
+  see :data:`PRESETS`; ``bench`` is a larger model for timings);
 * a randomly initialised model whose ``image_token_id`` / ``video_token_id`` etc. are the ids the
   tokenizer actually assigned (the vocabulary is small, so they are not Qwen's 151655 / 151656).
 
@@ -28,7 +30,9 @@ size, and idempotent: a folder already holding a build with the same settings is
 The tokenizer and chat templates are small stand-ins, not Qwen's (no thinking prefix for Qwen3.5,
 no tool calls), so special-token ids are never Qwen's; every consumer must read them from the config.
 
-CLI: ``vgpo-tiny-vlm --out DIR [--family qwen3_vl] [--preset bench] [--hidden-size 256 ...]``.
+CLI: ``vgpo-tiny-vlm --out DIR [--family qwen3_vl] [--preset bench] [--hidden-size 256 ...]`` (random, ``test``
+preset by default); ``vgpo-tiny-vlm --warm-start --out DIR`` (supervised warm start, ``warm`` preset by default,
+:mod:`verl_vgpo.cpu.warm_start`).
 """
 
 from __future__ import annotations
@@ -226,7 +230,8 @@ FAMILY_CHANGES: dict[str, dict] = {
 # uses 2 wide heads so that this quarter still holds 3 non-empty sections.
 FAMILY_PRESET_CHANGES: dict[str, dict[str, dict]] = {
     "qwen2_5_vl": {},
-    "qwen3_vl": {},
+    # 16-pixel patches: the warm preset's images become 128x128, again 4x4 merged tokens = 16
+    "qwen3_vl": {"warm": dict(min_pixels=128 * 128, max_pixels=128 * 128)},
     "qwen3_5": {
         "test": dict(num_attention_heads=2, num_key_value_heads=1, mrope_section=(2, 1, 1)),
         "warm": dict(num_attention_heads=2, num_key_value_heads=1, mrope_section=(2, 1, 1),
@@ -234,8 +239,6 @@ FAMILY_PRESET_CHANGES: dict[str, dict[str, dict]] = {
         "bench": dict(mrope_section=(3, 3, 2)),
     },
 }
-# (16-pixel patches: the warm preset's images become 128x128, again 4x4 merged tokens = 16)
-FAMILY_PRESET_CHANGES["qwen3_vl"]["warm"] = dict(min_pixels=128 * 128, max_pixels=128 * 128)
 
 
 def check_family(family: str) -> str:
@@ -488,6 +491,12 @@ def _build_model_config(tokenizer, size: TinyVLMSize, model_vocab_size: int | No
     return config
 
 
+def size_record(size: TinyVLMSize) -> dict:
+    """The sizes as a JSON-able dict for settings records. Fields left at None (the processor's default
+    normalisation) are not recorded, so builds made before those fields existed keep their record."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(size).items() if v is not None}
+
+
 def _settings_record(seed: int, size: TinyVLMSize, model_vocab_size: int | None, family: str = DEFAULT_FAMILY) -> dict:
     import transformers
 
@@ -495,10 +504,7 @@ def _settings_record(seed: int, size: TinyVLMSize, model_vocab_size: int | None,
         "family": family,
         "format_version": BUILD_FORMAT_VERSION,
         "seed": seed,
-        # fields left at None (the processor's default normalisation) are not recorded, so builds made
-        # before those fields existed keep their record
-        "size": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(size).items()
-                 if v is not None},
+        "size": size_record(size),
         "transformers_version": transformers.__version__,
     }
     if model_vocab_size is not None:

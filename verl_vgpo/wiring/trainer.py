@@ -232,6 +232,13 @@ def _multi_output_keys(keys: list[str]) -> list[str]:
     return extra
 
 
+def _sequence_lengths(batch: KVBatchMeta) -> Optional[torch.Tensor]:
+    """(bs,) full sequence lengths from verl's per-row ``seq_len`` tags, or None when a row has none."""
+    if batch.tags and all("seq_len" in tag for tag in batch.tags):
+        return torch.tensor([tag["seq_len"] for tag in batch.tags], dtype=torch.int64)
+    return None
+
+
 def _dump_sort_key(key: str) -> tuple:
     """verl's rollout-dump order: ``{sample}_{rollout}_{output}`` keys by sample, then the two numbers."""
     parts = key.rsplit("_", 2)
@@ -339,7 +346,7 @@ class VGPOTrainerMixin:
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         if FOCUS_OUTPUT_KEY not in data.keys():
             raise MissingFocusFieldError(_missing_focus_message(len(batch), FOCUS_OUTPUT_KEY))
-        focus = response_aligned_focus(data[FOCUS_OUTPUT_KEY], data["response_mask"])
+        focus = response_aligned_focus(data[FOCUS_OUTPUT_KEY], data["response_mask"], _sequence_lengths(batch))
         lengths = data["response_mask"].offsets().diff().tolist()
         prompts, responses, advantages = (data[name].unbind() for name in ("prompts", "responses", "advantages"))
         order = sorted(range(len(batch.keys)), key=lambda i: _dump_sort_key(batch.keys[i]))
@@ -355,7 +362,7 @@ class VGPOTrainerMixin:
                     "focus": [None if math.isnan(v) else v for v in focus[i, : lengths[i]].tolist()],
                     "advantages": advantages[i].tolist(),
                 }
-                out.write(json.dumps(row) + "\n")
+                out.write(json.dumps(row, allow_nan=False) + "\n")  # a NaN advantage fails loudly
 
     def _fetch_response_focus(self, batch: KVBatchMeta) -> tuple[torch.Tensor, float]:
         """(bs, R) focus aligned with the padded response_mask that verl's _compute_advantage builds, and
@@ -377,10 +384,7 @@ class VGPOTrainerMixin:
         for name in (FOCUS_OUTPUT_KEY, FOCUS_SECONDS_KEY):
             if name not in data.keys():
                 raise MissingFocusFieldError(_missing_focus_message(len(batch), name))
-        sequence_lengths = None
-        if batch.tags and all("seq_len" in tag for tag in batch.tags):
-            sequence_lengths = torch.tensor([tag["seq_len"] for tag in batch.tags], dtype=torch.int64)
-        focus = response_aligned_focus(data[FOCUS_OUTPUT_KEY], data["response_mask"], sequence_lengths)
+        focus = response_aligned_focus(data[FOCUS_OUTPUT_KEY], data["response_mask"], _sequence_lengths(batch))
         seconds = data[FOCUS_SECONDS_KEY]
         return focus, float((seconds.values() if seconds.is_nested else seconds).sum())
 
