@@ -104,3 +104,21 @@ def test_supervised_images_are_resized_as_verls_rl_dataset_resizes_them(tiny_vlm
     ours, = warm_start._images(processor, [sample])
     assert ours.size == verl_image.size
     assert np.array_equal(np.asarray(ours), np.asarray(verl_image))
+
+
+def test_warm_preset_model_learns_to_see_the_colour(tmp_path):
+    """The point of the warm preset: the vision pathway learns. After 400 supervised steps the rationale names
+    the shape's colour right far above chance (1 in 10): 87 % on 200 test questions in a probe (images resized
+    64->112 by the processor; here 64->56->112 as verl does); with the test preset (4 image tokens, CLIP
+    normalisation) it stayed at chance (9.5 %). About 80 s on one core."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    settings = warm_start.WarmStartSettings(steps=400, eval_size=8)
+    path = warm_start.build_warm_start(tmp_path / "m", settings, progress=False)
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+    samples = easy_vqa.sample_questions("test", 100, seed=1)
+    responses = warm_start.greedy_answers(model, processor, samples)
+    named = sum(f"a {sample['color']} " in response for sample, response in zip(samples, responses)) / len(samples)
+    assert named >= 0.5, (named, responses[:3])
