@@ -417,6 +417,13 @@ def write_summary(runs: dict[str, list[dict]], summaries: dict[str, dict], summa
 # ---------------------------------------------------------------------------------------------------
 
 
+def given_folders_as_they_are(model_given: bool, model_dir: Path, data_given: bool, data_dir: Path) -> dict:
+    """:func:`prepare_inputs`' ``warm_start`` / ``build_data``: a folder the user gave that already holds a
+    checkpoint / parquet files is used as it is (not rebuilt to the default warm start / overwritten)."""
+    return {"warm_start": not model_given or not (model_dir / "config.json").exists(),
+            "build_data": not data_given or not (data_dir / "train.parquet").exists()}
+
+
 def prepare_inputs(model_dir: Path, data_dir: Path, family: str, train_size: int, val_size: int,
                    warm_start: bool = True, build_data: bool = True, questions: str = "all") -> None:
     """The warm-started (or random) model and the easy-vqa parquet files, built when missing or stale
@@ -479,11 +486,9 @@ def main(argv=None) -> int:
              "MODEL_FAMILY": args.family}
     start = time.monotonic()
     try:
-        # a --model-dir / --data-dir that already holds a checkpoint / parquet files is used as it is (not rebuilt
-        # to the default warm start / overwritten with the demo's data)
         prepare_inputs(model_dir, data_dir, args.family, knobs["TRAIN_SIZE"], args.val_size, questions=args.questions,
-                       warm_start=args.model_dir is None or not (model_dir / "config.json").exists(),
-                       build_data=args.data_dir is None or not (data_dir / "train.parquet").exists())
+                       **given_folders_as_they_are(args.model_dir is not None, model_dir,
+                                                   args.data_dir is not None, data_dir))
         algorithms = ALGORITHMS if args.algo == "both" else (args.algo,)
         runs, summaries = {}, {}
         for algo in algorithms:

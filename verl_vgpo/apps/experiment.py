@@ -334,9 +334,9 @@ def main(argv=None) -> int:
         claim_output_folder(out_dir, settings, args.overwrite)
         try:
             demo.prepare_inputs(model_dir, data_dir, args.family, args.train_size, args.val_size,
-                                warm_start=args.model_dir is None or not (model_dir / "config.json").exists(),
-                                build_data=args.data_dir is None or not (data_dir / "train.parquet").exists(),
-                                questions=args.questions)
+                                questions=args.questions,
+                                **demo.given_folders_as_they_are(args.model_dir is not None, model_dir,
+                                                                 args.data_dir is not None, data_dir))
         except demo.DemoError as error:
             raise ExperimentError(str(error)) from error
         (out_dir / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
