@@ -22,10 +22,10 @@ from verl_vgpo.cpu import rollout as hf_cpu
 EASY_VQA_IMAGE_ID = 0
 
 
-def _easy_vqa_image() -> Image.Image:
+def _easy_vqa_image(image_id: int = EASY_VQA_IMAGE_ID) -> Image.Image:
     import easy_vqa
 
-    path = easy_vqa.get_train_image_paths()[EASY_VQA_IMAGE_ID]
+    path = easy_vqa.get_train_image_paths()[image_id]
     with open(path, "rb") as image_file:
         return Image.open(io.BytesIO(image_file.read())).convert("RGB")
 
@@ -52,12 +52,44 @@ def family_server(request, tiny_vlm_of):
     return hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm_of(request.param)}))
 
 
-def _image_prompt(server) -> tuple[list[int], list[Image.Image]]:
-    image = _easy_vqa_image()
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what shape is it?"}]}]
+def _image_prompt(server, question: str = "what shape is it?", image_id: int = EASY_VQA_IMAGE_ID):
+    image = _easy_vqa_image(image_id)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     text = server.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     inputs = server.processor(text=[text], images=[image], return_tensors="pt")
     return inputs["input_ids"][0].tolist(), [image]
+
+
+def _text_prompt(server, question: str = "name a colour") -> list[int]:
+    messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
+    text = server.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return server.processor(text=[text], return_tensors="pt")["input_ids"][0].tolist()
+
+
+GREEDY = {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
+
+
+def _queued_while_busy(server, requests: list[dict], between=None) -> list:
+    """Send ``requests`` (generate kwargs) while the server is busy, so they queue and are batched as they
+    would be when verl's agent loop sends a step's requests at once; ``between`` (index, coroutine
+    function): a call sent after request ``index`` (e.g. a weight update). Returns results or exceptions.
+
+    Holding the server's serving lock stands in for a running batch (no generate call is needed for it).
+    """
+
+    async def run():
+        lock = server._server_lock()
+        tasks = []
+        async with lock:
+            for index, kwargs in enumerate(requests):
+                tasks.append(asyncio.ensure_future(server.generate(request_id=f"q{index}", **kwargs)))
+                await asyncio.sleep(0)  # validated and queued (or refused) before the next is sent
+                if between is not None and between[0] == index:
+                    tasks.append(asyncio.ensure_future(between[1]()))
+                    await asyncio.sleep(0)
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    return asyncio.run(run())
 
 
 def test_registered_in_both_verl_registries():
@@ -212,9 +244,115 @@ def test_full_determinism_seeds_once_so_rollouts_differ_and_repeat(tiny_vlm_path
                                            OmegaConf.create({"path": tiny_vlm_path}))
         prompt_ids, images = _image_prompt(server)
         params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1}
-        return [asyncio.run(server.generate(prompt_ids=prompt_ids, sampling_params=params, request_id=f"r{i}",
-                                            image_data=images)).token_ids for i in range(2)]
+        # sent concurrently, as verl's agent loop does: full determinism still serves them one at a time
+        outputs = _queued_while_busy(server, [dict(prompt_ids=prompt_ids, sampling_params=params, image_data=images)] * 2)
+        assert server.max_batch_size == 1 and server.batch_sizes == [1, 1]
+        return [output.token_ids for output in outputs]
 
     first, second = two_samples()
     assert first != second
     assert two_samples() == [first, second]
+
+
+# ---- batched serving ---------------------------------------------------------------------------------
+
+
+def test_batched_requests_match_single_requests(family_server):
+    """Image prompts of different lengths and a text-only prompt in one generate call give each row the
+    greedy tokens and log-probs it gets alone (left padding, attention mask and M-RoPE positions)."""
+    server = family_server
+    first_ids, first_images = _image_prompt(server, "what shape is it?", image_id=0)
+    second_ids, second_images = _image_prompt(server, "does the image contain a blue circle or not?", image_id=1)
+    requests = [
+        dict(prompt_ids=first_ids, sampling_params=GREEDY, image_data=first_images),
+        dict(prompt_ids=_text_prompt(server), sampling_params=GREEDY),
+        dict(prompt_ids=second_ids, sampling_params=GREEDY, image_data=second_images),
+    ]
+    assert len({len(request["prompt_ids"]) for request in requests}) == 3  # the batch needs padding
+    alone = [asyncio.run(server.generate(request_id=f"s{index}", **request)) for index, request in enumerate(requests)]
+    calls = len(server.batch_sizes)
+    batched = _queued_while_busy(server, requests)
+    assert server.batch_sizes[calls:] == [3]
+    for single, row in zip(alone, batched):
+        assert row.token_ids == single.token_ids
+        assert row.stop_reason == single.stop_reason
+        torch.testing.assert_close(torch.tensor(row.log_probs), torch.tensor(single.log_probs), atol=1e-4, rtol=0)
+
+
+def test_each_row_is_cut_at_its_own_token_budget(server):
+    prompt_ids, images = _image_prompt(server)
+    short, long = (dict(prompt_ids=prompt_ids, image_data=images, sampling_params={**GREEDY, "max_tokens": budget})
+                   for budget in (3, 12))
+    alone = asyncio.run(server.generate(request_id="short", **short))
+    calls = len(server.batch_sizes)
+    cut, full = _queued_while_busy(server, [short, long])
+    assert server.batch_sizes[calls:] == [2]
+    assert cut.token_ids == alone.token_ids == full.token_ids[: len(cut.token_ids)]
+    assert cut.stop_reason == alone.stop_reason
+    assert len(cut.log_probs) == len(cut.token_ids) <= 3
+    if not set(full.token_ids[:3]) & set(server.eos_token_ids):
+        assert len(cut.token_ids) == 3 and cut.stop_reason == "length"
+
+
+def test_requests_with_other_sampling_settings_go_to_other_batches(tiny_vlm_path):
+    server = hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm_path}), max_batch_size=2)
+    prompt_ids = _text_prompt(server)
+    no_log_probs = {**GREEDY, "logprobs": False}
+    sampled = {"temperature": 1.0, "top_p": 0.9, "top_k": 20, "logprobs": True}
+    settings = [no_log_probs, sampled, no_log_probs, GREEDY, no_log_probs, sampled]
+    outputs = _queued_while_busy(server, [dict(prompt_ids=prompt_ids, sampling_params=params) for params in settings])
+    # in arrival order of each group's first request; at most max_batch_size=2 rows per call
+    assert server.batch_sizes == [2, 2, 1, 1]
+    assert [output.log_probs is None for output in outputs] == [True, False, True, False, True, False]
+    assert outputs[0].token_ids == outputs[2].token_ids == outputs[4].token_ids  # greedy
+    assert outputs[3].token_ids == outputs[0].token_ids
+
+
+def test_default_batch_cap_is_max_num_seqs(tiny_vlm_path):
+    server = hf_cpu.HFCpuRolloutServer(_rollout_config(max_num_seqs=7), OmegaConf.create({"path": tiny_vlm_path}))
+    assert server.max_batch_size == 7
+    with pytest.raises(hf_cpu.HFCpuRolloutError, match="max_batch_size"):
+        hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm_path}), max_batch_size=0)
+
+
+def test_a_bad_request_fails_alone_and_the_others_are_batched(server):
+    prompt_ids, images = _image_prompt(server)
+    good = dict(prompt_ids=prompt_ids, sampling_params=GREEDY, image_data=images)
+    requests = [
+        good,
+        dict(prompt_ids=prompt_ids, sampling_params=GREEDY),  # image pads without the image
+        dict(prompt_ids=list(range(1, 200)), sampling_params=GREEDY),  # longer than max_model_len (140)
+        good,
+    ]
+    calls = len(server.batch_sizes)
+    first, no_image, too_long, second = _queued_while_busy(server, requests)
+    assert isinstance(no_image, generation.GenerationError) and "image pad tokens but no image data" in str(no_image)
+    assert isinstance(too_long, hf_cpu.HFCpuRolloutError) and "no room" in str(too_long)
+    assert server.batch_sizes[calls:] == [2]
+    assert first.token_ids == second.token_ids and first.token_ids
+
+
+def test_requests_after_a_weight_update_wait_for_it_and_see_the_new_weights(tiny_vlm_path):
+    server = hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm_path}))
+    prompt_ids, images = _image_prompt(server)
+    request = dict(prompt_ids=prompt_ids, sampling_params=GREEDY, image_data=images)
+    old_weights = {name: tensor.clone() for name, tensor in server.model.state_dict().items()}
+    torch.manual_seed(2)
+    new_weights = {name: tensor + 0.5 * torch.randn_like(tensor) if "embed_tokens" in name else tensor.clone()
+                   for name, tensor in old_weights.items()}
+
+    def update():
+        return server.update_weights(list(new_weights.items()), global_steps=4)
+
+    before, result, after_first, after_second = _queued_while_busy(server, [request, request, request],
+                                                                   between=(0, update))
+    assert result["weight_updates"] == 1
+    # the request sent before the update ran alone on the old weights, those after it together on the new
+    assert server.batch_sizes == [1, 2]
+    assert before.extra_fields["global_steps"] is None
+    assert after_first.extra_fields["global_steps"] == after_second.extra_fields["global_steps"] == 4
+    assert after_first.token_ids == after_second.token_ids != before.token_ids
+    reference = asyncio.run(server.generate(request_id="new", **request))
+    assert reference.token_ids == after_first.token_ids
+    asyncio.run(server.update_weights(list(old_weights.items()), global_steps=5))
+    assert asyncio.run(server.generate(request_id="old", **request)).token_ids == before.token_ids

@@ -217,6 +217,46 @@ def inputs_from_ids(prompt_ids: Sequence[int], image_data, processor, model_conf
     return inputs
 
 
+def batch_inputs(rows: Sequence[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad single-prompt inputs (:func:`inputs_from_ids`) into one batch for one ``generate`` call.
+
+    ``input_ids`` are padded with ``pad_token_id``, ``attention_mask`` and ``mm_token_type_ids`` with 0,
+    so every row continues from the right end and the model's (M-RoPE) positions, computed from the
+    attention mask and the token types, are those of the row alone. ``pixel_values`` / ``image_grid_thw``
+    are concatenated in row order (the order the model consumes the image pads in); text-only rows add
+    none.
+
+    Args:
+        rows: B dicts with ``input_ids`` / ``attention_mask`` (1, L_b), optional ``mm_token_type_ids``
+            (1, L_b), optional ``pixel_values`` (P_b, D) and ``image_grid_thw`` (I_b, 3).
+
+    Returns:
+        input_ids / attention_mask (B, max L_b), mm_token_type_ids (B, max L_b) if the rows have them,
+        pixel_values (sum P_b, D) and image_grid_thw (sum I_b, 3) if any row has images.
+    """
+    if not rows:
+        raise GenerationError("batch_inputs needs at least one row")
+    with_types = {"mm_token_type_ids" in row for row in rows}
+    if len(with_types) != 1:
+        raise GenerationError("some rows have mm_token_type_ids and others not: they come from different models")
+    lengths = [int(row["input_ids"].shape[1]) for row in rows]
+    width = max(lengths)
+    padded = {"input_ids": pad_token_id, "attention_mask": 0}
+    if with_types == {True}:
+        padded["mm_token_type_ids"] = 0
+    batch = {}
+    for key, fill in padded.items():
+        out = torch.full((len(rows), width), fill, dtype=rows[0][key].dtype)
+        for index, row in enumerate(rows):
+            out[index, width - lengths[index]:] = row[key][0]
+        batch[key] = out
+    for key in ("pixel_values", "image_grid_thw"):
+        parts = [row[key] for row in rows if key in row]
+        if parts:
+            batch[key] = torch.cat(parts, dim=0)
+    return batch
+
+
 def chat_inputs(processor, conversations: Sequence[list[dict]], images: Sequence[Sequence[Any]], padding_side="left"):
     """Processor inputs for a batch of chat conversations with their images (in placeholder order).
 
@@ -285,7 +325,7 @@ def generate(
     model,
     inputs,
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     eos_token_ids: Sequence[int],
     pad_token_id: int,
     suppress_ids: Sequence[int],
@@ -298,11 +338,21 @@ def generate(
 ) -> Generation:
     """One HF ``generate`` call on (left-padded) ``inputs``, on the model's unpatched forwards.
 
+    ``max_new_tokens``: one budget for every row, or one per output row (B * num_return_sequences, in
+    output order): the call generates up to the largest and cuts each row at its own budget; a row cut
+    there without an end-of-sequence token stops with "length", as if it had been generated alone.
     Log-probs are those of the model's raw next-token distribution (like vLLM's default), not of the
     temperature/top-p-processed one.
     """
-    if max_new_tokens < 1:
-        raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    num_rows = int(inputs["input_ids"].shape[0]) * num_return_sequences
+    if isinstance(max_new_tokens, int):
+        budgets = [int(max_new_tokens)] * num_rows
+    else:
+        budgets = [int(budget) for budget in max_new_tokens]
+        if len(budgets) != num_rows:
+            raise GenerationError(f"{len(budgets)} max_new_tokens budgets for {num_rows} output rows")
+    if min(budgets) < 1:
+        raise GenerationError(f"max_new_tokens must be >= 1, got {min(budgets)}")
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
@@ -311,7 +361,7 @@ def generate(
     with original_hf_forwards(model):
         output = model.generate(
             **inputs,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max(budgets),
             eos_token_id=eos,
             pad_token_id=pad_token_id,
             suppress_tokens=list(suppress_ids) or None,
@@ -324,7 +374,8 @@ def generate(
     new_tokens = output.sequences[:, prompt_len:].tolist()
     tokens, reasons = [], []
     eos_set = set(eos)
-    for row in new_tokens:
+    for row, budget in zip(new_tokens, budgets):
+        row = row[:budget]
         cut = next((position for position, token_id in enumerate(row) if token_id in eos_set), None)
         tokens.append(row if cut is None else row[: cut + 1])
         reasons.append("length" if cut is None else "completed")

@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Generator, Optional
 
 ROLLOUT_NAME = "hf_cpu"
@@ -100,22 +101,69 @@ def _model_path(model_config) -> str:
     return path
 
 
+@dataclass(eq=False)  # identity: requests are found and removed in the queue by object
+class _Request:
+    """One validated request waiting for a batch (built in ``generate``, answered by ``_serve``)."""
+
+    inputs: dict[str, torch.Tensor]  # single-row model inputs (generation.inputs_from_ids)
+    max_new_tokens: int
+    settings: tuple[float, float, int, bool]  # temperature, top_p, top_k, logprobs wanted: one batch shares them
+    barrier: int  # weight updates requested before this request arrived
+    future: asyncio.Future
+
+
 class HFCpuRolloutServer:
     """Ray actor answering verl's token-in/token-out requests with HF ``generate`` on CPU.
 
-    Requests are served one at a time (an asyncio lock around a worker thread): a weight update waits
-    for the running request and the next request sees the new weights. ``global_steps`` (the weight
-    version) is returned with every response, as vLLM's server does.
+    Concurrent requests are batched: verl's agent loop sends all of a step's requests at once, and one
+    ``generate`` call of B rows costs little more than one of a single row on CPU. Each request is
+    validated on arrival (a bad one fails alone, before any batch), then queued. Whoever holds the server
+    lock (an asyncio lock around a worker thread) serves what is queued when the previous batch is done:
+    no collection delay, so the first request of a step may run alone and the rest, which arrived
+    meanwhile, run together. A batch holds up to ``max_batch_size`` rows (default
+    ``rollout.max_num_seqs``, vLLM's cap on the sequences of one engine step) of one sampling setting
+    (temperature, top_p, top_k, log-probs wanted); ``max_new_tokens`` may differ per row (generated to
+    the group's largest, each row cut at its own). Rows are left-padded (:func:`generation.batch_inputs`),
+    so each row's positions, tokens under greedy decoding and log-probs are those of the row alone, up
+    to float rounding; image and text-only rows share a batch.
+
+    A weight update waits for the running batch; requests that arrive after it was called are only
+    batched after it, and see the new weights. ``global_steps`` (the weight version the batch ran with)
+    is returned with every response, as vLLM's server does.
+
+    ``rollout.full_determinism`` serves one request at a time (``max_batch_size`` 1): the RNG is seeded
+    once per server and sampling draws from it for every row of a batch, so a row's tokens depend on which
+    rows share its batch, and batch boundaries depend on arrival timing. One at a time, a rerun with the
+    same request order repeats the rollouts.
     """
 
-    def __init__(self, config, model_config, replica_rank: int = 0, num_threads: Optional[int] = None):
+    def __init__(
+        self,
+        config,
+        model_config,
+        replica_rank: int = 0,
+        num_threads: Optional[int] = None,
+        max_batch_size: Optional[int] = None,
+    ):
         from verl.utils.config import omega_conf_to_dataclass
 
         self.config = omega_conf_to_dataclass(config)
         self.replica_rank = replica_rank
         self.global_steps: Optional[int] = None
         self.weight_updates = 0
-        self._lock = asyncio.Lock()
+        if self.config.full_determinism:
+            max_batch_size = 1
+        elif max_batch_size is None:
+            max_batch_size = self.config.max_num_seqs
+        if int(max_batch_size) < 1:
+            raise HFCpuRolloutError(f"max_batch_size (rollout.max_num_seqs) must be >= 1, got {max_batch_size}")
+        self.max_batch_size = int(max_batch_size)
+        self.batch_sizes: list[int] = []  # rows of every generate call so far (serving statistics)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._lock: Optional[asyncio.Lock] = None
+        self._queue: list[_Request] = []
+        self._barriers_requested = 0  # update_weights calls so far
+        self._barriers_passed = 0  # of those, finished (applied or failed)
         self._accepting = True
         self._seeded = False  # full_determinism: the first request seeds the RNG
         if num_threads is not None:  # the actor shares the cores with its training worker
@@ -129,6 +177,16 @@ class HFCpuRolloutServer:
             loaded.pad_token_id,
             loaded.suppress_ids,
         )
+
+    def _server_lock(self) -> asyncio.Lock:
+        """The serving lock of the running event loop (Ray's actor loop; a test may run several loops)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._lock is not None and self._lock.locked():
+                raise HFCpuRolloutError("hf_cpu server called from a second event loop while it is serving")
+            self._loop, self._lock = loop, asyncio.Lock()
+            self._queue = [request for request in self._queue if not request.future.done()]
+        return self._lock
 
     # ---- generation ------------------------------------------------------------------------------
 
@@ -150,69 +208,129 @@ class HFCpuRolloutServer:
             return TokenOutput(token_ids=[], stop_reason="aborted", extra_fields={"global_steps": self.global_steps})
         prompt_ids = [int(token_id) for token_id in prompt_ids]
         params = dict(sampling_params)
+        # validated here, per request: a bad request fails alone and never enters a batch
         max_new_tokens = resolve_max_new_tokens(params, len(prompt_ids), self.config)
         inputs = generation.inputs_from_ids(prompt_ids, image_data, self.processor, self.hf_config)
+        settings = (
+            float(params.get("temperature", 1.0)),
+            float(params.get("top_p", 1.0)),
+            int(params.get("top_k", -1)),
+            bool(params.get("logprobs", False)),
+        )
+        lock = self._server_lock()
+        request = _Request(inputs, max_new_tokens, settings, self._barriers_requested,
+                           asyncio.get_running_loop().create_future())
+        self._queue.append(request)
+        try:
+            async with lock:
+                if not request.future.done():  # not served by an earlier batch: serve a batch holding it
+                    await self._serve(request)
+        finally:
+            if request in self._queue:  # cancelled while waiting
+                self._queue.remove(request)
+        return request.future.result()
 
-        async with self._lock:
-            # full determinism: the RNG is seeded once per server, like vLLM's engine seed, so the n rollouts of
-            # a prompt still differ and a rerun with the same request order repeats them (seeding every request
-            # made all n rollouts of a prompt identical)
-            seed = None
-            if self.config.full_determinism and not self._seeded:
-                seed, self._seeded = self.config.seed + self.replica_rank, True
+    def _take_batch(self, request: _Request) -> list[_Request]:
+        """Remove and return ``request`` and the queued requests that may share its ``generate`` call:
+        same sampling settings, queued before no pending weight update, at most max_batch_size rows."""
+        batch = []
+        for queued in self._queue:
+            if len(batch) == self.max_batch_size:
+                break
+            if queued is request or (queued.settings == request.settings and queued.barrier <= self._barriers_passed
+                                     and not queued.future.done()):
+                batch.append(queued)
+        if request not in batch:  # the queue holds max_batch_size earlier rows of this setting
+            batch[-1] = request
+        for queued in batch:
+            self._queue.remove(queued)
+        return batch
+
+    async def _serve(self, request: _Request) -> None:
+        """Run one batch holding ``request`` (under the server lock) and answer every request in it."""
+        batch = self._take_batch(request)
+        temperature, top_p, top_k, want_log_probs = request.settings
+        # full determinism: the RNG is seeded once per server, like vLLM's engine seed, so the n rollouts of
+        # a prompt still differ and a rerun with the same request order repeats them (seeding every request
+        # made all n rollouts of a prompt identical)
+        seed = None
+        if self.config.full_determinism and not self._seeded:
+            seed, self._seeded = self.config.seed + self.replica_rank, True
+        global_steps = self.global_steps
+        self.batch_sizes.append(len(batch))
+        try:
             result = await asyncio.to_thread(
                 generation.generate,
                 self.model,
-                inputs,
-                max_new_tokens=max_new_tokens,
+                generation.batch_inputs([queued.inputs for queued in batch], self.pad_token_id),
+                max_new_tokens=[queued.max_new_tokens for queued in batch],
                 eos_token_ids=self.eos_token_ids,
                 pad_token_id=self.pad_token_id,
                 suppress_ids=self.suppress_ids,
-                temperature=float(params.get("temperature", 1.0)),
-                top_p=float(params.get("top_p", 1.0)),
-                top_k=int(params.get("top_k", -1)),
-                want_log_probs=bool(params.get("logprobs", False)),
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                want_log_probs=want_log_probs,
                 seed=seed,
             )
-        response, stop_reason = result.tokens[0], result.stop_reasons[0]
-        log_probs = result.log_probs[0] if result.log_probs is not None else None
-        return TokenOutput(
-            token_ids=response,
-            log_probs=log_probs,
-            stop_reason=stop_reason,
-            extra_fields={"global_steps": self.global_steps},
-        )
+        except BaseException as error:  # the whole call failed: every request of the batch gets the error
+            failure = error if isinstance(error, Exception) else HFCpuRolloutError(f"batch interrupted: {error!r}")
+            for queued in batch:
+                if not queued.future.done():
+                    queued.future.set_exception(failure)
+            raise
+        for row, queued in enumerate(batch):
+            if queued.future.done():  # its caller was cancelled
+                continue
+            queued.future.set_result(
+                TokenOutput(
+                    token_ids=result.tokens[row],
+                    log_probs=result.log_probs[row] if result.log_probs is not None else None,
+                    stop_reason=result.stop_reasons[row],
+                    extra_fields={"global_steps": global_steps},
+                )
+            )
 
     # ---- weights ---------------------------------------------------------------------------------
 
     async def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]], global_steps: Optional[int] = None):
-        """Load the actor's full weights (HF names) into the serving model; every parameter must match."""
-        async with self._lock:
-            received = dict(named_tensors)
-            state = self.model.state_dict()
-            unknown = sorted(set(received) - set(state))
-            if unknown:
-                raise HFCpuRolloutError(
-                    f"weight update has {len(unknown)} names the serving model does not have, e.g. {unknown[:3]}"
-                )
-            # tied weights (lm_head = embed_tokens) appear once in the trainer's state dict
-            tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
-            missing = sorted(name for name in set(state) - set(received) if name not in tied)
-            if missing:
-                raise HFCpuRolloutError(
-                    f"weight update misses {len(missing)} parameters of the serving model, e.g. {missing[:3]}"
-                )
-            with torch.no_grad():
-                for name, tensor in received.items():
-                    target = state[name]
-                    if tuple(target.shape) != tuple(tensor.shape):
-                        raise HFCpuRolloutError(
-                            f"weight {name}: trainer shape {tuple(tensor.shape)} != rollout shape {tuple(target.shape)}"
-                        )
-                    target.copy_(tensor.to(dtype=target.dtype))
-            self.weight_updates += 1
-            if global_steps is not None:
-                self.global_steps = global_steps
+        """Load the actor's full weights (HF names) into the serving model; every parameter must match.
+
+        Waits for the running batch; requests that arrive from now on are batched after the update."""
+        lock = self._server_lock()
+        self._barriers_requested += 1
+        try:
+            async with lock:
+                return self._load_weights(named_tensors, global_steps)
+        finally:
+            self._barriers_passed += 1
+
+    def _load_weights(self, named_tensors: list[tuple[str, torch.Tensor]], global_steps: Optional[int]) -> dict:
+        received = dict(named_tensors)
+        state = self.model.state_dict()
+        unknown = sorted(set(received) - set(state))
+        if unknown:
+            raise HFCpuRolloutError(
+                f"weight update has {len(unknown)} names the serving model does not have, e.g. {unknown[:3]}"
+            )
+        # tied weights (lm_head = embed_tokens) appear once in the trainer's state dict
+        tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
+        missing = sorted(name for name in set(state) - set(received) if name not in tied)
+        if missing:
+            raise HFCpuRolloutError(
+                f"weight update misses {len(missing)} parameters of the serving model, e.g. {missing[:3]}"
+            )
+        with torch.no_grad():
+            for name, tensor in received.items():
+                target = state[name]
+                if tuple(target.shape) != tuple(tensor.shape):
+                    raise HFCpuRolloutError(
+                        f"weight {name}: trainer shape {tuple(tensor.shape)} != rollout shape {tuple(target.shape)}"
+                    )
+                target.copy_(tensor.to(dtype=target.dtype))
+        self.weight_updates += 1
+        if global_steps is not None:
+            self.global_steps = global_steps
         return {"weight_updates": self.weight_updates, "num_tensors": len(received)}
 
     def named_parameters_snapshot(self) -> dict[str, torch.Tensor]:
@@ -243,7 +361,7 @@ class HFCpuRolloutServer:
         self.global_steps = global_steps
 
     async def wait_for_requests_to_drain(self):
-        async with self._lock:
+        async with self._server_lock():  # FIFO: every request queued before has been served
             return None
 
     async def abort_all_requests(self, reject_request: bool = False) -> dict:
@@ -252,7 +370,7 @@ class HFCpuRolloutServer:
         return {"aborted_count": 0, "request_ids": []}
 
     async def abort_request(self, request_id: str) -> dict:
-        return {"aborted": False, "request_id": request_id, "error": "hf_cpu serves requests one at a time"}
+        return {"aborted": False, "request_id": request_id, "error": "a queued or running hf_cpu request cannot be aborted"}
 
     async def resume_generation(self):
         self._accepting = True
