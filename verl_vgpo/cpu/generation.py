@@ -11,7 +11,8 @@ would answer differently in training, evaluation and analysis: the ``hf_cpu`` ro
   ``image_grid_thw``). Non-special added tokens (e.g. Qwen3's ``<think>``) stay possible;
 * model inputs with the multimodal token types (``mm_token_type_ids``) that make HF compute the same
   M-RoPE positions as the trainer, from token ids (:func:`inputs_from_ids`) or from chat messages
-  through the processor (:func:`chat_inputs`, left-padded for batched generation);
+  through the processor (:func:`chat_inputs`, left-padded for batched generation), and several
+  token-id prompts left-padded into one batch (:func:`batch_inputs`, the rollout server's batches);
 * the ``generate`` call itself (:func:`generate`): explicit sampling settings (the checkpoint's
   ``generation_config``, e.g. a repetition penalty, cannot change them), greedy at temperature 0, and
   verl's class-level Qwen-VL forward patch undone around it (:func:`original_hf_forwards`): the patched
