@@ -356,3 +356,20 @@ def test_requests_after_a_weight_update_wait_for_it_and_see_the_new_weights(tiny
     assert reference.token_ids == after_first.token_ids
     asyncio.run(server.update_weights(list(old_weights.items()), global_steps=5))
     assert asyncio.run(server.generate(request_id="old", **request)).token_ids == before.token_ids
+
+
+def test_a_failing_batch_fails_its_requests_and_the_server_serves_on(tiny_vlm_path):
+    """A generate call that raises (NaN weights make sampling fail) answers every request of its batch
+    with that error; the next batch runs normally."""
+    server = hf_cpu.HFCpuRolloutServer(_rollout_config(), OmegaConf.create({"path": tiny_vlm_path}))
+    request = dict(prompt_ids=_text_prompt(server), sampling_params={"temperature": 1.0, "top_p": 1.0, "top_k": -1})
+    norm = server.model.get_output_embeddings().weight
+    saved = norm.detach().clone()
+    with torch.no_grad():
+        norm.fill_(float("nan"))
+    failed = _queued_while_busy(server, [request, request])
+    assert server.batch_sizes == [2]
+    assert all(isinstance(error, RuntimeError) for error in failed) and failed[0] is failed[1]
+    with torch.no_grad():
+        norm.copy_(saved)
+    assert asyncio.run(server.generate(request_id="after", **request)).token_ids

@@ -232,7 +232,7 @@ class HFCpuRolloutServer:
 
     def _take_batch(self, request: _Request) -> list[_Request]:
         """Remove and return ``request`` and the queued requests that may share its ``generate`` call:
-        same sampling settings, queued before no pending weight update, at most max_batch_size rows."""
+        same sampling settings, not queued behind a pending weight update, at most max_batch_size rows."""
         batch = []
         for queued in self._queue:
             if len(batch) == self.max_batch_size:
@@ -278,7 +278,9 @@ class HFCpuRolloutServer:
             for queued in batch:
                 if not queued.future.done():
                     queued.future.set_exception(failure)
-            raise
+            if failure is not error:  # cancelled / interrupted: propagate; errors reach every caller via its future
+                raise
+            return
         for row, queued in enumerate(batch):
             if queued.future.done():  # its caller was cancelled
                 continue
