@@ -57,7 +57,7 @@ DEMO_SETTINGS = {
     "RESPONSE_LENGTH": 32,
     "REWARD_FN": "compute_score",
 }
-DEMO_STEPS = 20
+DEMO_STEPS = 40
 DEMO_QUESTIONS = "all"
 
 _STEP_LINE = re.compile(r"\bstep:(\d+) - (.*)$")

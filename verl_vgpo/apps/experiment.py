@@ -31,7 +31,7 @@ from verl_vgpo.data import easy_vqa
 
 REPORT_FORMAT = "vgpo-experiment/1"
 ALGORITHMS = ("grpo", "vgpo")
-FULL = {"seeds": 3, "steps": 20}
+FULL = {"seeds": 3, "steps": demo.DEMO_STEPS}  # the demo's run, three times per algorithm
 QUICK = {"seeds": 2, "steps": 10}
 MIN_TIMEOUT_S = 120.0  # below this a run cannot even start Ray and validate once on 2 cores
 

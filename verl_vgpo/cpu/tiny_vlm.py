@@ -192,16 +192,32 @@ class TinyVLMSize:
 
 
 # Named size presets. "bench" is a mid-size model for timing focus capture (hidden 1024, 8 layers,
-# ~0.1 B parameters without the embedding), still random and offline. "warm" is the test model with a
-# vision input it can learn from, for the warm start (verl_vgpo.cpu.warm_start) and the demo. Measured on
-# easy-vqa (400 SFT steps, 200 held-out questions): with the test preset's 4 image tokens and CLIP
-# normalisation the model never names the shape's colour (9.5 %, chance), because each image is ~90 %
-# near-white background (RGB ~242) that dominates the random patch embedding (image features differ by
-# ~1 % between images); with 16 image tokens (64x64 upscaled to 112x112) and the normalisation centred on
-# that background it names the colour right 87 % of the time. Either change alone stays at chance.
+# ~0.1 B parameters without the embedding), still random and offline. "warm" is what the warm start
+# (verl_vgpo.cpu.warm_start) trains and the demo runs: a vision input it can learn from and a model large
+# enough that RL after the warm start moves greedy accuracy. Measured on easy-vqa (200 held-out questions):
+# with the test preset's 4 image tokens and CLIP normalisation the model never names the shape's colour
+# (9.5 %, chance after 400 SFT steps), because each image is ~90 % near-white background (RGB ~242) that
+# dominates the random patch embedding (image features differ by ~1 % between images); with 16 image tokens
+# (64x64 upscaled to 112x112) and the normalisation centred on that background it does (87 % after 400 steps at
+# the test model's sizes; either change alone stays at chance). At those sizes (hidden 64, 2 layers) 20-150
+# RL steps from a 250-step warm start left greedy accuracy within noise (0.64 -> 0.595 .. 0.69); at the sizes
+# below (hidden 128, 4 layers, vision 64) the same warm start scores 0.825 on its own eval set and RL gains
+# +6.5 .. +7.5 points in 40 steps of 16x8 rollouts (three seeds, plain GRPO probe); hidden 256 learned no
+# better and took 2.4x as long to warm-start.
 PRESETS: dict[str, TinyVLMSize] = {
     "test": TinyVLMSize(),
-    "warm": TinyVLMSize(min_pixels=112 * 112, max_pixels=112 * 112, image_mean=0.95, image_std=0.3),
+    "warm": TinyVLMSize(
+        hidden_size=128,
+        num_hidden_layers=4,
+        intermediate_size=256,
+        mrope_section=(4, 6, 6),
+        vision_hidden_size=64,
+        vision_intermediate_size=128,
+        min_pixels=112 * 112,
+        max_pixels=112 * 112,
+        image_mean=0.95,
+        image_std=0.3,
+    ),
     "bench": TinyVLMSize(
         hidden_size=1024,
         num_hidden_layers=8,
@@ -234,7 +250,7 @@ FAMILY_PRESET_CHANGES: dict[str, dict[str, dict]] = {
     "qwen3_vl": {"warm": dict(min_pixels=128 * 128, max_pixels=128 * 128)},
     "qwen3_5": {
         "test": dict(num_attention_heads=2, num_key_value_heads=1, mrope_section=(2, 1, 1)),
-        "warm": dict(num_attention_heads=2, num_key_value_heads=1, mrope_section=(2, 1, 1),
+        "warm": dict(num_attention_heads=2, num_key_value_heads=1, mrope_section=(3, 3, 2),
                      min_pixels=128 * 128, max_pixels=128 * 128),
         "bench": dict(mrope_section=(3, 3, 2)),
     },
