@@ -5,6 +5,8 @@ section of compat.py and its test. The second test of each pair checks that the 
 installed on the affected versions and does its job.
 """
 
+import inspect
+import textwrap
 import types
 
 import pytest
@@ -262,3 +264,35 @@ def test_one_vision_pass_gives_verls_embeddings(tiny_vlm_of, family):
     video_pads = input_ids[0] == model.config.video_token_id
     pad_embedding = model.model.get_input_embeddings().weight[model.config.video_token_id]
     assert not torch.allclose(embeds[video_pads][0], pad_embedding)
+
+
+# --- the replay buffer's poll interval has no setting (verl 0.9.x) ----------------------------------------
+
+
+def test_verls_trainer_still_builds_the_replay_buffer_without_a_poll_interval():
+    import ast
+
+    from verl.trainer.ppo.v1 import trainer_base
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+    assert compat.versions_match(**compat.REPLAY_POLL_VERSIONS)
+    assert inspect.signature(ReplayBuffer.__init__).parameters["poll_interval"].default == 2.0
+    source = textwrap.dedent(inspect.getsource(trainer_base.PPOTrainer._build_replay_buffer))
+    names = {node.value for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Constant)}
+    names |= {node.arg for node in ast.walk(ast.parse(source)) if isinstance(node, ast.keyword)}
+    assert "poll_interval" not in names  # verl passes one now: drop the compat section and this test
+
+
+def test_replay_poll_interval_is_checked_and_applied():
+    from omegaconf import OmegaConf
+
+    buffer = types.SimpleNamespace(poll_interval=2.0)
+    compat.apply_replay_buffer_poll_interval(buffer, OmegaConf.create({"max_off_policy_threshold": None}))
+    assert buffer.poll_interval == 2.0  # unset: verl's default stays
+    compat.apply_replay_buffer_poll_interval(buffer, OmegaConf.create({"poll_interval": 0.2}))
+    assert buffer.poll_interval == 0.2
+    for bad in (0, -1.0, "fast", True):
+        with pytest.raises(ValueError, match="trainer.v1.sampler.poll_interval must be a positive number"):
+            compat.apply_replay_buffer_poll_interval(buffer, OmegaConf.create({"poll_interval": bad}))
+    with pytest.raises(TypeError, match="has no poll_interval"):
+        compat.apply_replay_buffer_poll_interval(object(), {"poll_interval": 0.5})

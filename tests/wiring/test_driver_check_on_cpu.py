@@ -49,3 +49,12 @@ def test_hooked_validate_config_refuses_bad_vgpo_settings_and_keeps_verls_checks
     grpo = make_config(**{"algorithm.adv_estimator": "grpo", "algorithm.vgpo.gate_top_ratio": 2.0, "data.train_batch_size": 3})
     with pytest.raises(AssertionError, match="real_train_batch_size"):
         validate_config(grpo, use_reference_policy=False, use_critic=False)
+
+
+@pytest.mark.parametrize("estimator", ["vgpo", "grpo"])
+def test_hooked_validate_config_refuses_a_bad_replay_poll_interval(estimator, make_config):
+    from verl.utils.config import validate_config
+
+    config = make_config(**{"algorithm.adv_estimator": estimator, "trainer.v1.sampler.poll_interval": 0})
+    with pytest.raises(ValueError, match="trainer.v1.sampler.poll_interval must be a positive number"):
+        validate_config(config, use_reference_policy=False, use_critic=False)

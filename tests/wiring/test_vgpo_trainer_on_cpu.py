@@ -361,3 +361,14 @@ def test_padding_rows_added_by_verls_batch_balancing_pass_through(make_config, m
     assert torch.count_nonzero(stored_padded(rig.fake_tq, pad_keys, "advantages")) == 0
     # padding rows have no response tokens: they are not counted as trajectories without a signal
     assert metrics[METRIC_PREFIX + "no_signal_fraction"] == pytest.approx(1 / 6)
+
+
+@pytest.mark.parametrize("estimator", ["vgpo", "grpo"])
+@pytest.mark.parametrize("mode", sorted(VGPO_TRAINERS))
+def test_replay_buffer_gets_the_configured_poll_interval_for_every_estimator(mode, estimator, make_config, fake_tq):
+    """verl_vgpo.wiring.compat: trainer.v1.sampler.poll_interval reaches verl's real replay buffer."""
+    overrides = {**MODE_OVERRIDES[mode], "algorithm.adv_estimator": estimator}
+    default = VGPO_TRAINERS[mode](make_config(**overrides)).replay_buffer
+    assert default.poll_interval == 2.0  # verl's own default without the setting
+    tuned = VGPO_TRAINERS[mode](make_config(**overrides, **{"trainer.v1.sampler.poll_interval": 0.25})).replay_buffer
+    assert tuned.poll_interval == 0.25

@@ -22,6 +22,8 @@
 #                                          slot satisfies it (nothing requests a GPU: the CPU platform asks for
 #                                          verl_cpu_device)
 #   agent/reward workers=1, TQ units=1     defaults start 8 of each: minutes of imports on 2 cores
+#   sampler.poll_interval=0.2              verl's replay buffer checks for finished rollouts every 2 s (no
+#                                          setting; verl_vgpo.wiring.compat adds one): a third of a tiny step
 set -euo pipefail
 
 ALGO=${ALGO:-vgpo}
@@ -101,6 +103,7 @@ exec "$PYTHON" -m verl.trainer.main_ppo \
   reward.custom_reward_function.path=pkg://verl_vgpo.rewards.exact_match \
   reward.custom_reward_function.name="$REWARD_FN" \
   transfer_queue.backend.SimpleStorage.num_data_storage_units=1 \
+  +trainer.v1.sampler.poll_interval=0.2 \
   trainer.device=cpu \
   trainer.n_gpus_per_node=1 \
   trainer.nnodes=1 \

@@ -283,3 +283,41 @@ def _one_vision_pass(original):
     # verl's own function, also when another workaround (the Qwen2-VL text-only one) wraps it already
     get_input_embeds.__wrapped__ = getattr(original, "__wrapped__", original)  # type: ignore[attr-defined]
     return get_input_embeds
+
+
+# ---------------------------------------------------------------------------------------------------
+# verl 0.9.x: the V1 trainer's replay buffer polls every 2 s, with no setting to change it
+# ---------------------------------------------------------------------------------------------------
+
+REPLAY_POLL_VERSIONS = {"verl": ">=0.9,<0.10"}
+# the setting this section adds (verl has none): seconds between the replay buffer's checks for finished rollouts
+REPLAY_POLL_KEY = "poll_interval"
+
+
+def replay_poll_interval(sampler_config: object) -> float | None:
+    """``trainer.v1.sampler.poll_interval`` checked (a positive number of seconds), or None when unset."""
+    value = sampler_config.get(REPLAY_POLL_KEY, None) if sampler_config is not None else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"trainer.v1.sampler.{REPLAY_POLL_KEY} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def apply_replay_buffer_poll_interval(replay_buffer: object, sampler_config: object) -> None:
+    """Give verl's replay buffer the poll interval set as ``trainer.v1.sampler.poll_interval``.
+
+    verl 0.9.1's ``ReplayBuffer`` waits ``poll_interval`` seconds (constructor default 2.0) between checks
+    for finished rollouts, and ``trainer_base.PPOTrainer._build_replay_buffer`` never passes one, so every step's
+    ``timing_s/gen`` is rounded up to a multiple of 2 s. On a GPU run whose rollouts take minutes that is
+    noise; on the CPU demo's tiny model (generation about 2 s) it was a third of each step (README, "Demo").
+    Without the setting (``+trainer.v1.sampler.poll_interval=0.2``) verl's default stays. The driver check
+    (:mod:`verl_vgpo.wiring.driver`) refuses a bad value before Ray starts.
+    """
+    value = replay_poll_interval(sampler_config)
+    if value is None or not versions_match(**REPLAY_POLL_VERSIONS):
+        return
+    if not hasattr(replay_buffer, "poll_interval"):
+        raise TypeError(f"{type(replay_buffer).__qualname__} has no poll_interval: trainer.v1.sampler."
+                        f"{REPLAY_POLL_KEY} only applies to verl's ReplayBuffer and its subclasses")
+    replay_buffer.poll_interval = value

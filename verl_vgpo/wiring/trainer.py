@@ -265,7 +265,8 @@ def _missing_focus_message(batch_size: int, field_name: str) -> str:
 
 
 class VGPOTrainerMixin:
-    """Adds VGPO's focus hand-over to a verl V1 trainer; a no-op unless adv_estimator is vgpo.
+    """Adds VGPO's focus hand-over to a verl V1 trainer; a no-op unless adv_estimator is vgpo (except the
+    replay buffer's poll interval, a compat setting for every estimator).
 
     Put it first in the bases so its overrides wrap the mode's own (separate_async overrides
     ``_compute_old_log_prob`` to restore the stable old policy; the flag must cover that call too).
@@ -277,6 +278,12 @@ class VGPOTrainerMixin:
         # validate before verl builds anything, so a bad setting fails at start-up, not after rollout
         self.vgpo_config = check_vgpo_trainer_config(config) if uses_vgpo(config) else None
         super().__init__(config, *args, **kwargs)
+
+    def _build_replay_buffer(self):
+        replay_buffer = super()._build_replay_buffer()
+        # for every estimator (GRPO runs compared with VGPO ones wait the same way)
+        compat.apply_replay_buffer_poll_interval(replay_buffer, config_get(self.config, "trainer.v1.sampler"))
+        return replay_buffer
 
     def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         if self.vgpo_config is None:
