@@ -57,7 +57,9 @@ DEMO_SETTINGS = {
     "RESPONSE_LENGTH": 32,
     "REWARD_FN": "compute_score",
 }
-DEMO_STEPS = 40
+DEMO_STEPS = 60
+# per main_ppo run; a 60-step demo run takes about 12 min on 2 idle cores, twice that beside other jobs
+RUN_TIMEOUT_S = 2400.0
 DEMO_QUESTIONS = "all"
 
 _STEP_LINE = re.compile(r"\bstep:(\d+) - (.*)$")
@@ -472,7 +474,7 @@ def main(argv=None) -> int:
     parser.add_argument("--val-size", type=int, default=DEMO_SETTINGS["VAL_SIZE"], help="held-out questions")
     parser.add_argument("--questions", default=DEMO_QUESTIONS, choices=QUESTION_KINDS,
                         help="easy-vqa questions to train and validate on (default %(default)s; see DEMO_QUESTIONS)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="wall-clock limit per main_ppo run, seconds")
+    parser.add_argument("--timeout", type=float, default=RUN_TIMEOUT_S, help="wall-clock limit per main_ppo run, seconds")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides passed to main_ppo")
     args = parser.parse_args(argv)
     if args.steps < 1:
