@@ -202,8 +202,9 @@ class TinyVLMSize:
 # the test model's sizes; either change alone stays at chance). At those sizes (hidden 64, 2 layers) 20-150
 # RL steps from a 250-step warm start left greedy accuracy within noise (0.64 -> 0.595 .. 0.69); at the sizes
 # below (hidden 128, 4 layers, vision 64) the same warm start scores 0.825 on its own eval set and RL gains
-# +6.5 .. +7.5 points in 40 steps of 16x8 rollouts (three seeds, plain GRPO probe); hidden 256 learned no
-# better and took 2.4x as long to warm-start.
+# +5.5 .. +6.0 points in 60 steps of 16x8 rollouts (plain GRPO probe in verl's data order, data.seed 0-3; +2 .. +7
+# after 40 steps, depending on the order; README "Demo"); hidden 256 learned no better and took 2.4x as long to
+# warm-start.
 PRESETS: dict[str, TinyVLMSize] = {
     "test": TinyVLMSize(),
     "warm": TinyVLMSize(
