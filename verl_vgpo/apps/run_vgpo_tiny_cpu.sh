@@ -23,7 +23,7 @@
 #                                          verl_cpu_device)
 #   agent/reward workers=1, TQ units=1     defaults start 8 of each: minutes of imports on 2 cores
 #   sampler.poll_interval=0.2              verl's replay buffer checks for finished rollouts every 2 s (no
-#                                          setting; verl_vgpo.wiring.compat adds one): a third of a tiny step
+#                                          setting; verl_vgpo.wiring.compat adds one): gen 6.0 -> 5.3 s a step
 set -euo pipefail
 
 ALGO=${ALGO:-vgpo}

@@ -310,7 +310,8 @@ def apply_replay_buffer_poll_interval(replay_buffer: object, sampler_config: obj
     verl 0.9.1's ``ReplayBuffer`` waits ``poll_interval`` seconds (constructor default 2.0) between checks
     for finished rollouts, and ``trainer_base.PPOTrainer._build_replay_buffer`` never passes one, so every step's
     ``timing_s/gen`` is rounded up to a multiple of 2 s. On a GPU run whose rollouts take minutes that is
-    noise; on the CPU demo's tiny model (generation about 2 s) it was a third of each step (README, "Demo").
+    noise; on the CPU demo it made every ``timing_s/gen`` 4, 6 or 8 s (median 6.0 s of an 11.6 s step; median
+    5.3 s with a 0.2 s poll), and the step times the experiment compares were multiples of the poll.
     Without the setting (``+trainer.v1.sampler.poll_interval=0.2``) verl's default stays. The driver check
     (:mod:`verl_vgpo.wiring.driver`) refuses a bad value before Ray starts.
     """
