@@ -5,6 +5,7 @@ section of compat.py and its test. The second test of each pair checks that the 
 installed on the affected versions and does its job.
 """
 
+import ast
 import inspect
 import textwrap
 import types
@@ -270,16 +271,14 @@ def test_one_vision_pass_gives_verls_embeddings(tiny_vlm_of, family):
 
 
 def test_verls_trainer_still_builds_the_replay_buffer_without_a_poll_interval():
-    import ast
-
     from verl.trainer.ppo.v1 import trainer_base
     from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
     assert compat.versions_match(**compat.REPLAY_POLL_VERSIONS)
     assert inspect.signature(ReplayBuffer.__init__).parameters["poll_interval"].default == 2.0
-    source = textwrap.dedent(inspect.getsource(trainer_base.PPOTrainer._build_replay_buffer))
-    names = {node.value for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Constant)}
-    names |= {node.arg for node in ast.walk(ast.parse(source)) if isinstance(node, ast.keyword)}
+    tree = ast.parse(textwrap.dedent(inspect.getsource(trainer_base.PPOTrainer._build_replay_buffer)))
+    names = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
+    names |= {node.arg for node in ast.walk(tree) if isinstance(node, ast.keyword)}
     assert "poll_interval" not in names  # verl passes one now: drop the compat section and this test
 
 
@@ -291,7 +290,7 @@ def test_replay_poll_interval_is_checked_and_applied():
     assert buffer.poll_interval == 2.0  # unset: verl's default stays
     compat.apply_replay_buffer_poll_interval(buffer, OmegaConf.create({"poll_interval": 0.2}))
     assert buffer.poll_interval == 0.2
-    for bad in (0, -1.0, "fast", True):
+    for bad in (0, -1.0, float("inf"), "fast", True):
         with pytest.raises(ValueError, match="trainer.v1.sampler.poll_interval must be a positive number"):
             compat.apply_replay_buffer_poll_interval(buffer, OmegaConf.create({"poll_interval": bad}))
     with pytest.raises(TypeError, match="has no poll_interval"):

@@ -58,7 +58,7 @@ DEMO_SETTINGS = {
     "REWARD_FN": "compute_score",
 }
 DEMO_STEPS = 60
-# per main_ppo run; a 60-step demo run takes about 12 min on 2 idle cores, twice that beside other jobs
+# per main_ppo run; a 60-step demo run took 797 s on 2 idle cores (README), about twice that beside other jobs
 RUN_TIMEOUT_S = 2400.0
 DEMO_QUESTIONS = "all"
 

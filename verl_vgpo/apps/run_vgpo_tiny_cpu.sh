@@ -24,6 +24,7 @@
 #   agent/reward workers=1, TQ units=1     defaults start 8 of each: minutes of imports on 2 cores
 #   sampler.poll_interval=0.2              verl's replay buffer checks for finished rollouts every 2 s (no
 #                                          setting; verl_vgpo.wiring.compat adds one): gen 6.0 -> 5.3 s a step
+#                                          (change it with trainer.v1.sampler.poll_interval=X, without '+')
 set -euo pipefail
 
 ALGO=${ALGO:-vgpo}

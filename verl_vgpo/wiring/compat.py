@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import torch
 from packaging.specifiers import SpecifierSet
+
+from verl_vgpo.config import config_get
 
 logger = logging.getLogger("verl_vgpo")
 
@@ -294,26 +298,30 @@ REPLAY_POLL_VERSIONS = {"verl": ">=0.9,<0.10"}
 REPLAY_POLL_KEY = "poll_interval"
 
 
-def replay_poll_interval(sampler_config: object) -> float | None:
-    """``trainer.v1.sampler.poll_interval`` checked (a positive number of seconds), or None when unset."""
-    value = sampler_config.get(REPLAY_POLL_KEY, None) if sampler_config is not None else None
+def replay_poll_interval(sampler_config: Any) -> float | None:
+    """``trainer.v1.sampler.poll_interval`` checked (a finite positive number of seconds), or None when unset."""
+    value = config_get(sampler_config, REPLAY_POLL_KEY)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
         raise ValueError(f"trainer.v1.sampler.{REPLAY_POLL_KEY} must be a positive number of seconds, got {value!r}")
     return float(value)
 
 
-def apply_replay_buffer_poll_interval(replay_buffer: object, sampler_config: object) -> None:
+def apply_replay_buffer_poll_interval(replay_buffer: Any, sampler_config: Any) -> None:
     """Give verl's replay buffer the poll interval set as ``trainer.v1.sampler.poll_interval``.
 
     verl 0.9.1's ``ReplayBuffer`` waits ``poll_interval`` seconds (constructor default 2.0) between checks
     for finished rollouts, and ``trainer_base.PPOTrainer._build_replay_buffer`` never passes one, so every step's
     ``timing_s/gen`` is rounded up to a multiple of 2 s. On a GPU run whose rollouts take minutes that is
     noise; on the CPU demo it made every ``timing_s/gen`` 4, 6 or 8 s (median 6.0 s of an 11.6 s step; median
-    5.3 s with a 0.2 s poll), and the step times the experiment compares were multiples of the poll.
-    Without the setting (``+trainer.v1.sampler.poll_interval=0.2``) verl's default stays. The driver check
-    (:mod:`verl_vgpo.wiring.driver`) refuses a bad value before Ray starts.
+    5.3 s with a 0.2 s poll), so the step times the experiment compares held a generation time quantised to
+    the poll. Without the setting (``+trainer.v1.sampler.poll_interval=0.2``) verl's default stays. The driver
+    check (:mod:`verl_vgpo.wiring.driver`) refuses a bad value before Ray starts.
+
+    V1 trainer only (``trainer.use_v1``; the legacy trainer has no replay buffer and ignores the setting). In
+    ``separate_async`` with ``hybrid_rollout.enable_switch`` verl also uses ``poll_interval`` as the idle
+    threshold of its switch adaptation (``_step_had_idle``): a shorter poll counts more steps as idle there.
     """
     value = replay_poll_interval(sampler_config)
     if value is None or not versions_match(**REPLAY_POLL_VERSIONS):

@@ -2,7 +2,7 @@
 
 Why it exists: verl's V1 trainers (sync, colocate_async, separate_async) give a custom estimator only
 rewards, mask, uid and config, but VGPO also needs the focus scores the actor engine captured in the
-old-log-prob forward. One mixin over two trainer methods closes that gap, wrapping ``super()`` so that
+old-log-prob forward. One mixin over a few trainer methods closes that gap, wrapping ``super()`` so that
 verl's own logic (KL in reward, rollout correction, TQ write-back) stays verl's:
 
 * ``_compute_old_log_prob``: asks the workers for focus scores (``CAPTURE_FOCUS_FLAG`` and the visual
@@ -14,8 +14,10 @@ verl's own logic (KL in reward, rollout correction, TQ write-back) stays verl's:
   the step metrics.
 * ``_log_rollout_data`` (only with ``trainer.rollout_data_dir``): verl's dump, plus
   :data:`FOCUS_DUMP_FILE` per step with each row's token ids, focus and advantages.
+* ``_build_replay_buffer`` (every estimator): verl's, then the poll interval
+  ``trainer.v1.sampler.poll_interval`` that :mod:`.compat` adds, when set.
 
-With any other estimator these methods delegate straight to verl. :func:`check_vgpo_trainer_config`
+With any other estimator the VGPO methods delegate straight to verl. :func:`check_vgpo_trainer_config`
 (settings VGPO cannot serve) runs at trainer construction and, through :mod:`.driver`, in the driver
 before Ray starts. :func:`register_trainers` puts the three classes into verl's ``TRAINER_REGISTRY`` at
 plugin load; verl's trainer package is imported eagerly (~0.16 s more in a process that already imported
@@ -26,7 +28,8 @@ verl surface this relies on (identical in verl 0.9.0 and 0.9.1, checked method b
 ``batch.extra_info``, calls ``self.actor_rollout_wg.compute_log_prob(batch)``),
 ``PPOTrainerSeparateAsync._compute_old_log_prob`` (calls the base one), ``PPOTrainer._compute_advantage``
 (reads ``response_mask`` for ``batch.keys`` from TQ, pads it, calls ``compute_advantage`` in the same
-thread for non-GRPO estimators), ``TRAINER_REGISTRY``, ``RayPPOTrainer.__init__(config, ...)``, and the
+thread for non-GRPO estimators), ``PPOTrainer._build_replay_buffer()`` (called once from ``__init__``; its
+buffer reads ``poll_interval`` on every poll), ``TRAINER_REGISTRY``, ``RayPPOTrainer.__init__(config, ...)``, and the
 worker bridge writing every per-row model-output field of the engine to TQ.
 """
 
