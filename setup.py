@@ -18,6 +18,9 @@ setup(
         "transformers>=5.5.3,<5.11",  # verl 0.9.1's own range; the compat fixes are for transformers 5
         "omegaconf>=2.3",
         "mathruler",  # boxed-answer grading of the math reward and the evaluation CLI
+        # Look-Back's scoring rule (vgpo-evaluate --scoring lookback); the antlr4 4.9.3 parser runtime is
+        # the one omegaconf/hydra already pin
+        "math-verify[antlr4_9_3]",
         # the console scripts: plots (vgpo-demo, vgpo-experiment, vgpo-analyze) and the offline shapes data
         # set of the demo, the experiment and `vgpo-tiny-vlm --warm-start`
         "matplotlib",
