@@ -8,7 +8,7 @@ scoring code training uses:
    :mod:`verl_vgpo.cpu.generation` (the hf_cpu rollout's helpers; CPU or GPU) or vLLM when installed;
    greedy by default;
 2. score every response token in a teacher-forced forward over prompt + response: the training engine's
-   hook on the language model's final norm (:class:`verl_vgpo.wiring.engine.FocusHook`, padded layout)
+   hook on the language model's final norm (:class:`verl_vgpo.focus.FocusHook`, padded layout)
    computes :func:`verl_vgpo.focus.visual_focus_scores` in float32 -- the cosine of the token's last
    hidden state to the mean hidden state of the prompt's visual tokens;
 3. aggregate over relative position u = (t-1)/(T-1) in the response, binned exactly like the training
@@ -217,7 +217,7 @@ def load_rows(parquet: str, max_rows: Optional[int], image_patch_size: int):
 def check_model(loaded, path: str) -> tuple[list[int], torch.nn.Module]:
     """Visual token ids and final norm of a checkpoint, or a clear error for a model without them."""
     from verl_vgpo.focus import FocusCaptureError
-    from verl_vgpo.wiring.engine import find_final_norm, visual_token_ids
+    from verl_vgpo.focus import find_final_norm, visual_token_ids
 
     try:
         visual_ids = visual_token_ids(loaded.hf_config, DEFAULT_VISUAL_KINDS)
@@ -256,29 +256,21 @@ def prompt_features(processor, example) -> PromptFeatures:
 
 def hf_responses(loaded, examples, n: int, temperature: float, seed: int, max_new_tokens: int, batch_size: int,
                  progress=None) -> list[list[list[int]]]:
-    """Per example, ``n`` response id lists (cut after end-of-sequence), HF generate."""
+    """Per example, ``n`` response id lists (cut after end-of-sequence), HF generate; the batch starting at
+    example ``start`` is seeded with ``seed + start``."""
     from verl_vgpo.cpu import generation
 
-    out: list[list[list[int]]] = []
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start : start + batch_size]
-        inputs = generation.chat_inputs(loaded.processor, [e.messages for e in batch], [e.images for e in batch])
-        result = generation.generate(
-            loaded.model,
-            inputs,
-            max_new_tokens=max_new_tokens,
-            eos_token_ids=loaded.eos_token_ids,
-            pad_token_id=loaded.pad_token_id,
-            suppress_ids=loaded.suppress_ids,
-            temperature=temperature,
-            num_return_sequences=n,
-            seed=seed + start,
-        )
-        for offset in range(len(batch)):
-            out.append(result.tokens[offset * n : (offset + 1) * n])
-        if progress is not None:
-            progress.update(len(batch))
-    return out
+    return generation.generate_conversations(
+        loaded,
+        [e.messages for e in examples],
+        [e.images for e in examples],
+        num_return_sequences=n,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed_for_batch=lambda start: seed + start,
+        progress=progress,
+    )
 
 
 def vllm_responses(path: str, processor, examples, n: int, temperature: float, seed: int,
@@ -321,7 +313,7 @@ def teacher_forced_focus(loaded, norm, visual_ids: Sequence[int], features: Sequ
         B lists of per-response-token focus values.
     """
     from verl_vgpo.cpu.generation import original_hf_forwards
-    from verl_vgpo.wiring.engine import FocusHook, focus_hook
+    from verl_vgpo.focus import FocusHook, focus_hook
 
     sequences = [torch.cat([f.input_ids, torch.as_tensor(list(r), dtype=torch.long)]) for f, r in zip(features, responses)]
     lengths = torch.tensor([len(s) for s in sequences])

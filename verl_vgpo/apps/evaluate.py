@@ -5,10 +5,13 @@
 * ``avg@K``:  K sampled responses per prompt at temperature 1.0 (``--temperature``), accuracy averaged
   over the K samples and then over prompts (how PAPO and VPPO report, with K = 8).
 
-Each response is scored by the reward that training would use for its row's ``data_source``: this
-project's rewards for its own data (``easy_vqa`` -> :mod:`verl_vgpo.rewards.exact_match`; ``mmk12``,
-``geometry3k``, ``virl39k`` -> :mod:`verl_vgpo.rewards.math_boxed`), verl's default routing
-(``verl.utils.reward_score.default_compute_score``: gsm8k, MATH, geometry3k, ...) for every other source.
+Each response is scored by its row's ``data_source``: the paper protocol for the VGPO paper's ten
+benchmarks (``mathvista``, ``mathverse``, ``wemath``, ``mmk12``, ``geomath``, ``geo3k``, ``logicvista``,
+``counting``, ``mmmu_pro``, ``mathverse_v``; :mod:`verl_vgpo.rewards.paper_scoring`, ``--scoring papo`` =
+PAPO-Eval's rule, the default, or ``lookback`` = Look-Back's), this project's rewards for its own data
+(``easy_vqa`` -> :mod:`verl_vgpo.rewards.exact_match`; ``geometry3k``, ``virl39k`` ->
+:mod:`verl_vgpo.rewards.math_boxed`), verl's default routing (``verl.utils.reward_score.default_compute_score``:
+gsm8k, MATH, ...) for every other source.
 ``--reward PATH_OR_PKG:FUNCTION`` (e.g. ``pkg://verl_vgpo.rewards.math_boxed:compute_score`` or
 ``my_reward.py:score``) scores every row with one function, loaded by verl's own
 ``reward.custom_reward_function`` loader, with ``--reward_kwargs`` as its ``reward_kwargs``.
@@ -21,6 +24,15 @@ accuracy table has one row per ``data_source`` plus the mean over all prompts an
 it is printed and written to ``<output_dir>/results.json`` (with the reward used for each source) and
 every response goes to ``<output_dir>/generations.jsonl``.
 
+``--responses FILE`` scores responses produced elsewhere (the format of ``generations.jsonl``; rows
+matched by ``index`` within ``data_source``) and loads no model. ``--suite paper --data_dir DIR`` runs the
+paper's benchmarks (``DIR/<key>.parquet``, converted first where missing, see
+``examples/data_preprocess/paper_eval.py``) greedy and prints the table beside the paper's numbers
+(``--paper_row``), with the difference per benchmark and on average.
+
+Every error is one line naming the file and row (exit status 2); the outputs are written together at the
+end, so a failed run leaves an earlier run's files as they were.
+
 Generation uses vLLM when it is installed and a GPU is present (``--backend auto``), Hugging Face
 ``generate`` otherwise. The HF path uses the same helpers as the ``hf_cpu`` rollout
 (:mod:`verl_vgpo.cpu.generation`): multimodal token types for the right M-RoPE positions, left-padded
@@ -28,6 +40,8 @@ prompts, the same special-token suppression and sampling settings.
 
     python -m verl_vgpo.apps.evaluate --model_path ckpt/hf --data ~/data/mmk12/test.parquet \\
         --protocols greedy avg@8 --output_dir eval/mmk12
+    vgpo-evaluate --suite paper --data_dir ~/data/paper_eval --model_path ckpt/hf --output_dir eval/paper
+    vgpo-evaluate --suite paper --data_dir ~/data/paper_eval --responses vllm_generations.jsonl --output_dir eval/given
 """
 
 from __future__ import annotations
@@ -77,43 +91,74 @@ class Example:
     images: list[Any]
     ground_truth: Any
     extra_info: Optional[dict] = None
+    source_file: str = ""  # the parquet the row came from (for messages)
+
+
+class EvaluateError(ValueError):
+    """An input vgpo-evaluate cannot use; the message names the file and row (printed as one line)."""
 
 
 def load_examples(
-    parquet_paths: Sequence[str], max_rows_per_file: int | None = None, image_patch_size: int = 14
+    parquet_paths: Sequence[str],
+    max_rows_per_file: int | None = None,
+    image_patch_size: int = 14,
+    load_images: bool = True,
 ) -> list[Example]:
     """Rows of verl RL parquet files as chat messages with their images (PIL) in placeholder order.
 
     Images may be decoded PIL images (files written by ``datasets``) or ``{"bytes": ...}`` dicts (files
     written by pandas); both go through verl's own ``process_image``, as in training (``image_patch_size``
-    14 for Qwen2.5-VL, 16 for Qwen3-VL, like ``data.image_patch_size``).
+    14 for Qwen2.5-VL, 16 for Qwen3-VL / Qwen3.5, like ``data.image_patch_size``). ``load_images=False``
+    (scoring given responses) checks the placeholders against the images but decodes none.
     """
     import datasets
     from verl.utils.dataset.vision_utils import process_image
 
     examples = []
     for path in parquet_paths:
-        table = datasets.load_dataset("parquet", data_files=os.path.expanduser(path))["train"]
+        expanded = os.path.expanduser(path)
+        if not os.path.isfile(expanded):
+            raise EvaluateError(f"{path}: no such file")
+        try:
+            table = datasets.load_dataset("parquet", data_files=expanded)["train"]
+        except Exception as error:  # noqa: BLE001 -- pyarrow / datasets raise many types for a bad file
+            raise EvaluateError(f"{path}: not a readable parquet file ({type(error).__name__}: {error})") from None
         missing = {"data_source", "prompt", "reward_model"} - set(table.column_names)
         if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected the verl RL parquet layout")
+            raise EvaluateError(f"{path}: missing column(s) {sorted(missing)}; expected the verl RL parquet layout")
         for row_number, row in enumerate(table):
             if max_rows_per_file is not None and row_number >= max_rows_per_file:
                 break
+            where = f"{path} row {row_number}"
             images = list(row.get("images") or [])
+            if load_images:
+                images = [_decoded(process_image, image, image_patch_size, f"{where} image {i}")
+                          for i, image in enumerate(images)]
+            try:
+                ground_truth = row["reward_model"]["ground_truth"]
+            except (KeyError, TypeError):
+                raise EvaluateError(f"{where}: reward_model has no ground_truth") from None
             examples.append(
                 Example(
                     data_source=row["data_source"],
                     index=row_number,
-                    messages=_messages_with_images(row["prompt"], len(images), f"{path} row {row_number}"),
-                    images=[process_image(image, image_patch_size) for image in images],
-                    ground_truth=row["reward_model"]["ground_truth"],
+                    messages=_messages_with_images(row["prompt"], len(images), where),
+                    images=images if load_images else [],
+                    ground_truth=ground_truth,
                     extra_info=dict(row.get("extra_info") or {}),
+                    source_file=path,
                 )
             )
     if not examples:
-        raise ValueError(f"no rows in {list(parquet_paths)}")
+        raise EvaluateError(f"no rows in {list(parquet_paths)}")
     return examples
+
+
+def _decoded(process_image, image, patch_size: int, where: str):
+    try:
+        return process_image(image, patch_size)
+    except OSError as error:  # PIL.UnidentifiedImageError, truncated or missing image files
+        raise EvaluateError(f"{where} cannot be decoded ({type(error).__name__}: {error})") from None
 
 
 def processor_patch_size(processor, where: str) -> int:
@@ -150,7 +195,7 @@ def _messages_with_images(prompt: list[dict], num_images: int, where: str) -> li
                 parts.append({"type": "text", "text": segment})
         messages.append({"role": message["role"], "content": parts})
     if seen != num_images:
-        raise ValueError(f"{where}: {seen} {IMAGE_PLACEHOLDER} placeholders but {num_images} images")
+        raise EvaluateError(f"{where}: {seen} {IMAGE_PLACEHOLDER} placeholders but {num_images} images")
     return messages
 
 
@@ -160,46 +205,39 @@ Generator = Callable[[Sequence[Example], Protocol], list[list[str]]]
 
 class HFGenerator:
     """Batched ``generate`` with a Hugging Face VLM (CPU or one GPU), through the same helpers as the
-    hf_cpu rollout (:mod:`verl_vgpo.cpu.generation`): prompts, special-token rule, sampling settings."""
+    hf_cpu rollout (:mod:`verl_vgpo.cpu.generation`): prompts, special-token rule, sampling settings.
+    Only the first batch of a protocol is seeded (``seed``), so a run is reproducible as a whole."""
 
     def __init__(self, model_path: str, max_new_tokens: int, batch_size: int, seed: int, device: str | None = None):
         from verl_vgpo.cpu import generation
 
         self.loaded = generation.load_model(model_path, device=device)
         if self.loaded.processor is None:
-            raise ValueError(f"{model_path} has no image processor: vgpo-evaluate scores vision-language models")
-        self.processor, self.model = self.loaded.processor, self.loaded.model
+            raise EvaluateError(f"{model_path} has no image processor: vgpo-evaluate scores vision-language models")
+        self.processor = self.loaded.processor
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.seed = seed
-        self.suppressed_token_ids = self.loaded.suppress_ids
+
+    @property
+    def suppressed_token_ids(self) -> list[int]:
+        return self.loaded.suppress_ids
 
     def __call__(self, examples: Sequence[Example], protocol: Protocol) -> list[list[str]]:
         from verl_vgpo.cpu import generation
 
-        loaded, tokenizer = self.loaded, self.processor.tokenizer
-        responses: list[list[str]] = []
-        for start in range(0, len(examples), self.batch_size):
-            batch = examples[start : start + self.batch_size]
-            inputs = generation.chat_inputs(
-                self.processor, [example.messages for example in batch], [example.images for example in batch]
-            )
-            result = generation.generate(
-                loaded.model,
-                inputs,
-                max_new_tokens=self.max_new_tokens,
-                eos_token_ids=loaded.eos_token_ids,
-                pad_token_id=loaded.pad_token_id,
-                suppress_ids=loaded.suppress_ids,
-                temperature=protocol.temperature,
-                num_return_sequences=protocol.num_samples,
-                seed=self.seed if start == 0 else None,
-            )
-            decoded = tokenizer.batch_decode(result.tokens, skip_special_tokens=True)
-            for offset in range(len(batch)):
-                first = offset * protocol.num_samples
-                responses.append(decoded[first : first + protocol.num_samples])
-        return responses
+        tokens = generation.generate_conversations(
+            self.loaded,
+            [example.messages for example in examples],
+            [example.images for example in examples],
+            num_return_sequences=protocol.num_samples,
+            temperature=protocol.temperature,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            seed_for_batch=lambda start: self.seed if start == 0 else None,
+        )
+        decode = self.processor.tokenizer.batch_decode
+        return [decode(samples, skip_special_tokens=True) for samples in tokens]
 
 
 def check_prompt_lengths(processor, examples: Sequence[Example], max_model_len: int, max_new_tokens: int) -> None:
@@ -289,10 +327,12 @@ VERL_DEFAULT_REWARD = "verl.utils.reward_score.default_compute_score"
 # this project's data sources (written by verl_vgpo.data and examples/data_preprocess) -> their reward
 PROJECT_REWARDS = {
     "easy_vqa": "pkg://verl_vgpo.rewards.exact_match:compute_score",
-    "mmk12": "pkg://verl_vgpo.rewards.math_boxed:compute_score",
     "geometry3k": "pkg://verl_vgpo.rewards.math_boxed:compute_score",
     "virl39k": "pkg://verl_vgpo.rewards.math_boxed:compute_score",
 }
+# the paper's ten benchmarks (verl_vgpo.data.paper_eval; mmk12 among them) are scored by the paper
+# protocol, with --scoring choosing PAPO-Eval's rule ("papo") or Look-Back's ("lookback")
+PAPER_REWARD = "pkg://verl_vgpo.rewards.paper_scoring:compute_score"
 # a parse failure is reported as loud when more than this share of a source's responses fail
 MOSTLY_UNPARSED = 0.5
 
@@ -305,6 +345,12 @@ def _has_boxed(response: str) -> bool:
     from verl_vgpo.rewards.math_boxed import last_boxed_content
 
     return last_boxed_content(response) is not None
+
+
+def _has_paper_box(response: str) -> bool:
+    from verl_vgpo.rewards.paper_scoring import has_answer
+
+    return has_answer(response)
 
 
 def _has_answer_marker(response: str) -> bool:
@@ -336,6 +382,7 @@ _PROJECT_PARSERS = {
     "verl_vgpo.rewards.math_boxed.compute_score": ("a \\boxed{} answer", _has_boxed),
     "verl_vgpo.rewards.exact_match.compute_score": ("an 'Answer:' line", _has_answer_marker),
     "verl_vgpo.rewards.exact_match.compute_graded_score": ("an 'Answer:' line", _has_answer_marker),
+    "verl_vgpo.rewards.paper_scoring.compute_score": ("a \\boxed{} answer", _has_paper_box),
 }
 
 
@@ -415,12 +462,16 @@ def load_reward(spec: str, reward_kwargs: Optional[dict] = None) -> Reward:
                   fn=fn, expects=expects, parses=parses)
 
 
-def reward_for_source(example: Example, custom: Optional[Reward] = None) -> Reward:
-    """The reward training would use for this row: ``custom`` when given, else the project's reward for
-    its own data sources, else verl's default routing (checked now, so an unknown source fails before
-    any generation)."""
+def reward_for_source(example: Example, custom: Optional[Reward] = None, scoring: str = "papo") -> Reward:
+    """The reward for this row: ``custom`` when given, else the paper protocol (``scoring``) for the paper's
+    benchmarks, else the project's reward for its own data sources, else verl's default routing (checked
+    now, so an unknown source fails before any generation)."""
+    from verl_vgpo.data.paper_eval import PAPER_KEYS
+
     if custom is not None:
         return custom
+    if example.data_source in PAPER_KEYS:
+        return load_reward(PAPER_REWARD, {"scoring": scoring})
     if example.data_source in PROJECT_REWARDS:
         return load_reward(PROJECT_REWARDS[example.data_source])
     from verl.utils.reward_score import default_compute_score
@@ -428,23 +479,28 @@ def reward_for_source(example: Example, custom: Optional[Reward] = None) -> Rewa
     try:
         default_compute_score(example.data_source, "", example.ground_truth, dict(example.extra_info or {}))
     except NotImplementedError as error:
+        where = f"{example.source_file} row {example.index}: " if example.source_file else ""
         raise RewardError(
-            f"no reward for data_source {example.data_source!r}: it is not one of this project's "
-            f"({sorted(PROJECT_REWARDS)}) and verl's default routing does not know it ({error}); pass "
-            "--reward PATH_OR_PKG:FUNCTION, as reward.custom_reward_function in training"
-        ) from error
+            f"{where}no reward for data_source {example.data_source!r}: it is not one of the paper's benchmarks "
+            f"({', '.join(PAPER_KEYS)}) or this project's ({', '.join(sorted(PROJECT_REWARDS))}) and verl's "
+            f"default routing does not know it ({error}); pass --reward PATH_OR_PKG:FUNCTION, as "
+            "reward.custom_reward_function in training"
+        ) from None
     except Exception:  # noqa: BLE001 -- the probe only asks whether a route exists; scoring raises for real
         pass
     expects, parses = _verl_default_parser(example.data_source) or (None, None)
     return Reward(name=VERL_DEFAULT_REWARD, fn=default_compute_score, expects=expects, parses=parses)
 
 
-def rewards_by_source(examples: Sequence[Example], custom: Optional[Reward] = None) -> dict[str, Reward]:
-    """One reward per data source (resolved from the source's first row)."""
+def rewards_by_source(
+    examples: Sequence[Example], custom: Optional[Reward] = None, scoring: str = "papo"
+) -> dict[str, Reward]:
+    """One reward per data source (resolved from the source's first row); ``scoring`` is the paper
+    protocol's rule for the paper's benchmarks."""
     rewards: dict[str, Reward] = {}
     for example in examples:
         if example.data_source not in rewards:
-            rewards[example.data_source] = reward_for_source(example, custom)
+            rewards[example.data_source] = reward_for_source(example, custom, scoring)
     return rewards
 
 
@@ -610,12 +666,200 @@ def evaluate(
     return accuracy_table(examples, per_protocol, protocols), records, seconds
 
 
+# --------------------------------------------------------------------------------------------------
+# Scoring responses produced elsewhere (--responses)
+# --------------------------------------------------------------------------------------------------
+
+
+class GivenResponses:
+    """A Generator that returns responses read from a file (:func:`read_responses`)."""
+
+    def __init__(self, by_protocol: dict[str, list[list[str]]]):
+        self.by_protocol = by_protocol
+
+    def __call__(self, examples: Sequence[Example], protocol: Protocol) -> list[list[str]]:
+        return self.by_protocol[protocol.name]
+
+
+def read_responses(
+    path: str, examples: Sequence[Example], protocol_names: Optional[Sequence[str]] = None, temperature: float = 1.0
+) -> tuple[list[Protocol], dict[str, list[list[str]]]]:
+    """Responses in the format of ``generations.jsonl`` (one JSON object a line with ``protocol``,
+    ``data_source``, ``index`` = row number in its parquet file, ``responses``), matched to ``examples``
+    by ``index`` within ``data_source``.
+
+    Returns the protocols (those of ``protocol_names``, else every protocol of the file in order of
+    appearance) and, per protocol, the responses in ``examples`` order. A record for a row or source not
+    in the data, a duplicate, a wrong number of responses or a row without a response is an EvaluateError
+    naming the line or the row.
+    """
+    position = {(example.data_source, example.index): p for p, example in enumerate(examples)}
+    rows_of: dict[str, int] = defaultdict(int)
+    for example in examples:
+        rows_of[example.data_source] += 1
+    found: dict[str, dict[int, list[str]]] = {}
+    order: list[str] = []
+    protocols: dict[str, Protocol] = {}
+    try:
+        handle = open(os.path.expanduser(path), encoding="utf-8")
+    except OSError as error:
+        raise EvaluateError(f"--responses {path}: {error.strerror or error}") from None
+    with handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise EvaluateError(f"{where}: not JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise EvaluateError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            missing = [key for key in ("protocol", "data_source", "index", "responses") if key not in record]
+            if missing:
+                raise EvaluateError(f"{where}: missing key(s) {missing} (the format of generations.jsonl)")
+            name, source, index, texts = record["protocol"], record["data_source"], record["index"], record["responses"]
+            if protocol_names is not None and name not in protocol_names:
+                continue
+            if name not in protocols:
+                try:
+                    protocols[name] = parse_protocol(str(name), temperature)
+                except ValueError as error:
+                    raise EvaluateError(f"{where}: {error}") from None
+                order.append(name)
+                found[name] = {}
+            if source not in rows_of:
+                raise EvaluateError(
+                    f"{where}: data_source {source!r} is not in the data (sources: {', '.join(sorted(rows_of))})"
+                )
+            if isinstance(index, bool) or not isinstance(index, int) or (source, index) not in position:
+                raise EvaluateError(
+                    f"{where}: {source} row {index!r} does not exist in the data ({rows_of[source]} rows loaded)"
+                )
+            if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+                raise EvaluateError(f"{where}: 'responses' must be a list of strings")
+            if len(texts) != protocols[name].num_samples:
+                raise EvaluateError(
+                    f"{where}: {name} needs {protocols[name].num_samples} response(s) per row, got {len(texts)}"
+                )
+            if position[(source, index)] in found[name]:
+                raise EvaluateError(f"{where}: a second {name} record for {source} row {index}")
+            found[name][position[(source, index)]] = texts
+    names = list(protocol_names) if protocol_names is not None else order
+    if not names:
+        raise EvaluateError(f"--responses {path}: no records")
+    by_protocol = {}
+    for name in names:
+        if name not in found:
+            raise EvaluateError(f"--responses {path}: no {name} records (the file has: {', '.join(order) or 'none'})")
+        absent = [examples[p] for p in range(len(examples)) if p not in found[name]]
+        if absent:
+            shown = "; ".join(f"{e.data_source} row {e.index} ({e.source_file})" for e in absent[:5])
+            raise EvaluateError(
+                f"--responses {path}: {len(absent)} row(s) have no {name} response: {shown}{' ...' if len(absent) > 5 else ''}"
+            )
+        by_protocol[name] = [found[name][p] for p in range(len(examples))]
+    return [protocols[name] for name in names], by_protocol
+
+
+# --------------------------------------------------------------------------------------------------
+# The paper's suite and its comparison table
+# --------------------------------------------------------------------------------------------------
+
+
+def paper_row(name: str) -> dict[str, Any]:
+    from verl_vgpo.data.paper_eval import PAPER_RESULTS, UNRECORDED_ROWS
+
+    key = name.lower()
+    if key not in PAPER_RESULTS:
+        unverified = f"the paper's {name} row could not be checked against a source and is not recorded; " if key in UNRECORDED_ROWS else ""
+        raise EvaluateError(f"--paper_row {name}: {unverified}recorded rows: {', '.join(PAPER_RESULTS)}")
+    return PAPER_RESULTS[key]
+
+
+def paper_comparison(rows: list[dict[str, Any]], row: dict[str, Any], protocol: str = "greedy") -> list[dict[str, Any]]:
+    """Per paper benchmark in ``rows``: our accuracy, each paper method's and the difference (ours - paper);
+    then ``average`` over those benchmarks (the paper's averages taken over the same benchmarks)."""
+    from verl_vgpo.data.paper_eval import PAPER_KEYS
+
+    ours = {r["data_source"]: r[protocol] for r in rows if r["data_source"] in PAPER_KEYS}
+    methods = row["methods"]
+    out = []
+    for key in (key for key in PAPER_KEYS if key in ours):
+        entry: dict[str, Any] = {"benchmark": key, "ours": ours[key]}
+        for method, numbers in methods.items():
+            entry[method] = numbers[key]
+            entry[f"diff_{method}"] = ours[key] - numbers[key]
+        out.append(entry)
+    if out:
+        average: dict[str, Any] = {"benchmark": "average", "ours": sum(e["ours"] for e in out) / len(out)}
+        for method in methods:
+            average[method] = sum(e[method] for e in out) / len(out)
+            average[f"diff_{method}"] = average["ours"] - average[method]
+        out.append(average)
+    return out
+
+
+def format_comparison(comparison: list[dict[str, Any]], row: dict[str, Any]) -> str:
+    methods = list(row["methods"])
+    header = ["benchmark", "ours", *(f"paper {m} ({row['model']})" for m in methods), *(f"ours - {m}" for m in methods)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for entry in comparison:
+        cells = [entry["benchmark"], f"{entry['ours']:.2f}", *(f"{entry[m]:.1f}" for m in methods)]
+        cells += [f"{entry[f'diff_{m}']:+.2f}" for m in methods]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def suite_files(args: argparse.Namespace) -> list[str]:
+    """``--data_dir``'s ``<key>.parquet`` for the chosen benchmarks, converting those that are missing."""
+    from verl_vgpo.data.paper_eval import convert_benchmarks, output_path
+    from verl_vgpo.data.vl_math import ConversionError
+
+    paths = {key: output_path(args.data_dir, key) for key in args.benchmarks}
+    missing = [key for key, path in paths.items() if not os.path.isfile(path)]
+    if missing:
+        print(f"--suite paper: converting {', '.join(missing)} into {args.data_dir}", file=sys.stderr)
+        try:
+            convert_benchmarks(
+                missing,
+                args.data_dir,
+                local_dataset_path=args.local_dataset_path,
+                lookback_data_path=args.lookback_data_path,
+                log=lambda line: print(line, file=sys.stderr),
+            )
+        except ConversionError as error:
+            raise EvaluateError(
+                f"--suite paper: {args.data_dir} lacks {', '.join(f'{k}.parquet' for k in missing)} and converting "
+                f"failed: {error} (or run examples/data_preprocess/paper_eval.py; --benchmarks picks a subset)"
+            ) from None
+    return [paths[key] for key in args.benchmarks]
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line
+# --------------------------------------------------------------------------------------------------
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors as one line (``--help`` still prints the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"vgpo-evaluate: {message} (see --help)\n")
+
+
 def _parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--model_path", required=True, help="Hugging Face checkpoint folder (or hub name)")
-    parser.add_argument("--data", nargs="+", required=True, help="benchmark parquet file(s) in the verl RL layout")
+    from verl_vgpo.data.paper_eval import PAPER_KEYS
+    from verl_vgpo.rewards.paper_scoring import DEFAULT_SCORING, SCORINGS
+
+    parser = _OneLineErrorParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--model_path", default=None, help="Hugging Face checkpoint folder (or hub name); not needed with --responses")
+    parser.add_argument("--data", nargs="+", default=None, help="benchmark parquet file(s) in the verl RL layout")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--protocols", nargs="+", default=["greedy", "avg@8"], help="greedy and/or avg@K")
+    parser.add_argument(
+        "--protocols", nargs="+", default=None,
+        help="greedy and/or avg@K (default: greedy avg@8; --suite paper: greedy; --responses: those in the file)",
+    )
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of avg@K")
     parser.add_argument("--max_new_tokens", type=int, default=2048)
     parser.add_argument("--backend", choices=("auto", "vllm", "hf"), default="auto")
@@ -628,9 +872,29 @@ def _parse_args(argv=None) -> argparse.Namespace:
         "--reward",
         default=None,
         help="PATH_OR_PKG:FUNCTION scoring every row, loaded as reward.custom_reward_function in training\n"
-        "(default: the reward of each row's data_source: this project's, else verl's default routing)",
+        "(default: the paper protocol for the paper's benchmarks, this project's reward for its own data,\n"
+        "else verl's default routing)",
     )
     parser.add_argument("--reward_kwargs", default=None, help="JSON object passed as reward_kwargs to --reward")
+    parser.add_argument(
+        "--scoring", choices=SCORINGS, default=DEFAULT_SCORING,
+        help="rule of the paper protocol (the paper's benchmarks): papo = PAPO-Eval's, lookback = Look-Back's",
+    )
+    parser.add_argument(
+        "--responses", default=None,
+        help="score these responses (the format of generations.jsonl) instead of generating; no model is loaded",
+    )
+    parser.add_argument("--suite", choices=("paper",), default=None, help="paper: the paper's benchmarks, greedy")
+    parser.add_argument("--data_dir", default=None, help="--suite paper: folder of <key>.parquet files")
+    parser.add_argument(
+        "--benchmarks", nargs="+", choices=PAPER_KEYS, default=list(PAPER_KEYS), help="--suite paper: a subset"
+    )
+    parser.add_argument(
+        "--paper_row", default="7b",
+        help="--suite paper: the paper's row to compare with (recorded: 7b; 3b and 32b could not be verified)",
+    )
+    parser.add_argument("--local_dataset_path", default=None, help="--suite paper: convert from this copy of PAPO_eval")
+    parser.add_argument("--lookback_data_path", default=None, help="--suite paper: Look-Back's eval_data (GeoMath)")
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 3 when most responses of a source have no parsable answer"
     )
@@ -646,6 +910,18 @@ def _parse_args(argv=None) -> argparse.Namespace:
         parser.error("--max_new_tokens and --batch_size must be >= 1")
     if args.image_patch_size is not None and args.image_patch_size < 1:
         parser.error("--image_patch_size must be >= 1")
+    if args.responses is None and args.model_path is None:
+        parser.error("--model_path is needed to generate (or pass --responses FILE to score given responses)")
+    if args.suite == "paper":
+        if args.data is not None:
+            parser.error("--suite paper reads --data_dir/<key>.parquet; leave out --data")
+        if args.data_dir is None:
+            parser.error("--suite paper needs --data_dir (the folder of the converted <key>.parquet files)")
+        if args.protocols not in (None, ["greedy"]):
+            parser.error("--suite paper is greedy, as the paper reports; leave out --protocols")
+        args.protocols = ["greedy"]
+    elif args.data is None:
+        parser.error("--data is required (or --suite paper --data_dir DIR)")
     if args.reward_kwargs is not None:
         if args.reward is None:
             parser.error("--reward_kwargs needs --reward")
@@ -661,75 +937,133 @@ def _parse_args(argv=None) -> argparse.Namespace:
 STRICT_EXIT_CODE = 3
 
 
+def write_outputs(output_dir: str, files: dict[str, str]) -> None:
+    """Write every file beside its final name first, then move them all in place, so a failure leaves the
+    previous outputs as they were (or says which ones were replaced)."""
+    os.makedirs(output_dir, exist_ok=True)
+    partial = {name: os.path.join(output_dir, f".{name}.partial") for name in files}
+    replaced: list[str] = []
+    try:
+        for name, text in files.items():
+            with open(partial[name], "w", encoding="utf-8") as handle:
+                handle.write(text)
+        for name in files:
+            os.replace(partial[name], os.path.join(output_dir, name))
+            replaced.append(name)
+    except OSError as error:
+        done = f"{', '.join(replaced)} replaced, the others not" if replaced else "nothing was written"
+        raise EvaluateError(f"{output_dir}: writing the results failed ({error}); {done}") from None
+    finally:
+        for path in partial.values():
+            if os.path.exists(path):
+                os.remove(path)
+
+
 def run(argv=None) -> dict[str, Any]:
     """The CLI without the exit code: evaluates, writes the outputs, returns the results.json content."""
-    args = _parse_args(argv)
-    protocols = [parse_protocol(name, args.temperature) for name in args.protocols]
-    if len({p.name for p in protocols}) != len(protocols):
-        raise ValueError(f"a protocol is listed twice: {args.protocols}")
-    custom = load_reward(args.reward, args.reward_kwargs) if args.reward else None
-    patch = args.image_patch_size or checkpoint_image_patch_size(args.model_path)
-    examples = load_examples(args.data, args.max_rows, patch)
-    rewards = rewards_by_source(examples, custom)  # before loading a model: an unknown source fails now
+    from verl_vgpo.rewards.paper_scoring import lookback_is_complete
 
-    backend = args.backend
-    if backend == "auto":
-        backend = "vllm" if vllm_usable() else "hf"
-    if backend == "vllm":
-        generator: Generator = VLLMGenerator(
-            args.model_path,
-            args.max_new_tokens,
-            args.seed,
-            args.tensor_parallel_size,
-            args.max_model_len,
-            max_images_per_prompt=max(len(example.images) for example in examples),
-        )
-        check_prompt_lengths(generator.processor, examples, args.max_model_len, args.max_new_tokens)
+    args = _parse_args(argv)
+    comparison_row = paper_row(args.paper_row) if args.suite == "paper" else None
+    data = suite_files(args) if args.suite == "paper" else list(args.data)
+    custom = load_reward(args.reward, args.reward_kwargs) if args.reward else None
+    warnings = []
+    if args.scoring == "lookback" and not lookback_is_complete():
+        warnings.append("--scoring lookback without math_verify installed: Look-Back's second stage is skipped")
+
+    if args.responses is not None:
+        examples = load_examples(data, args.max_rows, load_images=False)
+        rewards = rewards_by_source(examples, custom, args.scoring)
+        protocols, given = read_responses(args.responses, examples, args.protocols, args.temperature)
+        generator: Generator = GivenResponses(given)
+        backend = "responses"
     else:
-        generator = HFGenerator(args.model_path, args.max_new_tokens, args.batch_size, args.seed)
+        protocols = [parse_protocol(name, args.temperature) for name in args.protocols or ["greedy", "avg@8"]]
+        if len({p.name for p in protocols}) != len(protocols):
+            raise EvaluateError(f"a protocol is listed twice: {args.protocols}")
+        if args.model_path.startswith((os.sep, ".", "~")) and not os.path.isdir(os.path.expanduser(args.model_path)):
+            raise EvaluateError(f"--model_path {args.model_path}: no such checkpoint folder")
+        try:
+            patch = args.image_patch_size or checkpoint_image_patch_size(args.model_path)
+        except OSError as error:
+            raise EvaluateError(f"--model_path {args.model_path}: {error}") from None
+        examples = load_examples(data, args.max_rows, patch)
+        rewards = rewards_by_source(examples, custom, args.scoring)  # before loading a model: an unknown source fails now
+        backend = args.backend
+        if backend == "auto":
+            backend = "vllm" if vllm_usable() else "hf"
+        if backend == "vllm":
+            generator = VLLMGenerator(
+                args.model_path,
+                args.max_new_tokens,
+                args.seed,
+                args.tensor_parallel_size,
+                args.max_model_len,
+                max_images_per_prompt=max(len(example.images) for example in examples),
+            )
+            check_prompt_lengths(generator.processor, examples, args.max_model_len, args.max_new_tokens)
+        else:
+            generator = HFGenerator(args.model_path, args.max_new_tokens, args.batch_size, args.seed)
 
     rows, records, seconds = evaluate(examples, generator, protocols, rewards)
     names = [p.name for p in protocols]
     table = format_table(rows, names)
     print(table)
     loud = [describe_unparsed(entry, rewards) for entry in mostly_unparsed(rows)]
-    for line in loud:
+    for line in warnings + loud:
         print(f"WARNING: {line}", file=sys.stderr)
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "generations.jsonl"), "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     summary = {
         "model_path": args.model_path,
-        "data": list(args.data),
+        "data": data,
         "backend": backend,
+        "responses": args.responses,
         "protocols": [p.__dict__ for p in protocols],
-        "max_new_tokens": args.max_new_tokens,
-        "seed": args.seed,
+        "max_new_tokens": None if args.responses else args.max_new_tokens,
+        "seed": None if args.responses else args.seed,
+        "scoring": args.scoring,
         "rewards": {
             source: {"reward": reward.name, "expects": reward.expects, "parse_checked": reward.parses is not None}
             for source, reward in sorted(rewards.items())
         },
+        "warnings": warnings,
         "mostly_unparsed": loud,
         "generation_seconds": seconds,
         "table": rows,
     }
-    with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2, allow_nan=False)
-    with open(os.path.join(args.output_dir, "results.md"), "w", encoding="utf-8") as handle:
-        handle.write(table + "\n")
+    markdown = table + "\n"
+    if comparison_row is not None:
+        comparison = paper_comparison(rows, comparison_row)
+        summary["paper_row"] = {"row": args.paper_row.lower(), "model": comparison_row["model"]}
+        summary["paper_comparison"] = comparison
+        compared = format_comparison(comparison, comparison_row)
+        print(f"\n{compared}")
+        markdown += f"\n{compared}\n"
+    generations = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    write_outputs(
+        args.output_dir,
+        {
+            "generations.jsonl": generations,
+            "results.json": json.dumps(summary, indent=2, allow_nan=False),
+            "results.md": markdown,
+        },
+    )
     summary["strict_failed"] = bool(args.strict and loud)
     return summary
 
 
 def main(argv=None) -> int:
     """Console script ``vgpo-evaluate``: 0 on success, 3 under ``--strict`` when most responses of a source
-    have no parsable answer, 2 for an input or reward that cannot be evaluated."""
+    have no parsable answer, 2 for an input, reward or model that cannot be evaluated (one line, no
+    traceback)."""
+    from verl_vgpo.cpu.generation import GenerationError
+    from verl_vgpo.data.vl_math import ConversionError
+
     try:
         summary = run(argv)
-    except RewardError as error:
-        print(f"vgpo-evaluate: {error}", file=sys.stderr)
+    except (EvaluateError, RewardError, ConversionError, GenerationError, ValueError, OSError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"vgpo-evaluate: {message}", file=sys.stderr)
         return 2
     if summary["strict_failed"]:
         print(f"vgpo-evaluate --strict: {'; '.join(summary['mostly_unparsed'])}", file=sys.stderr)

@@ -16,14 +16,16 @@ would answer differently in training, evaluation and analysis: the ``hf_cpu`` ro
 * the ``generate`` call itself (:func:`generate`): explicit sampling settings (the checkpoint's
   ``generation_config``, e.g. a repetition penalty, cannot change them), greedy at temperature 0, and
   verl's class-level Qwen-VL forward patch undone around it (:func:`original_hf_forwards`): the patched
-  forwards expect verl's packed inputs and break HF ``generate`` in a process that also trains.
+  forwards expect verl's packed inputs and break HF ``generate`` in a process that also trains;
+* the batched loop over chat conversations of evaluate and analyze (:func:`generate_conversations`),
+  each caller passing its own seeding rule.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -388,3 +390,47 @@ def generate(
         chosen = steps.gather(-1, output.sequences[:, prompt_len : prompt_len + steps.shape[1], None])[..., 0]
         log_probs = [chosen[row, : len(row_tokens)].tolist() for row, row_tokens in enumerate(tokens)]
     return Generation(tokens=tokens, stop_reasons=reasons, log_probs=log_probs)
+
+
+def generate_conversations(
+    loaded: LoadedModel,
+    conversations: Sequence[list[dict]],
+    images: Sequence[Sequence[Any]],
+    *,
+    num_return_sequences: int,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int,
+    seed_for_batch: Callable[[int], Optional[int]],
+    progress=None,
+) -> list[list[list[int]]]:
+    """Chat conversations with their images, ``batch_size`` prompts per :func:`generate` call; per
+    conversation, ``num_return_sequences`` response id lists (cut after end-of-sequence).
+
+    ``seed_for_batch(start)`` gives the seed set before the batch starting at conversation ``start``
+    (None: keep the generator's state), so each caller keeps its own seeding rule; ``progress`` (a tqdm
+    bar) advances by each batch's size.
+    """
+    if len(conversations) != len(images):
+        raise GenerationError(f"{len(conversations)} conversations but {len(images)} image lists")
+    out: list[list[list[int]]] = []
+    n = num_return_sequences
+    for start in range(0, len(conversations), batch_size):
+        batch = slice(start, start + batch_size)
+        inputs = chat_inputs(loaded.processor, conversations[batch], images[batch])
+        result = generate(
+            loaded.model,
+            inputs,
+            max_new_tokens=max_new_tokens,
+            eos_token_ids=loaded.eos_token_ids,
+            pad_token_id=loaded.pad_token_id,
+            suppress_ids=loaded.suppress_ids,
+            temperature=temperature,
+            num_return_sequences=n,
+            seed=seed_for_batch(start),
+        )
+        rows = len(conversations[batch])
+        out.extend(result.tokens[offset * n : (offset + 1) * n] for offset in range(rows))
+        if progress is not None:
+            progress.update(rows)
+    return out

@@ -357,3 +357,25 @@ def convert_benchmark(
 
 def convert_benchmarks(keys: Iterable[str], output_dir: str, **options: Any) -> dict[str, str]:
     return {key: convert_benchmark(key, output_dir, **options) for key in keys}
+
+
+# --------------------------------------------------------------------------------------------------
+# The paper's numbers (greedy accuracy, %)
+# --------------------------------------------------------------------------------------------------
+
+# VGPO (arXiv 2604.09349), Tables 1-2, Qwen2.5-VL-7B, as copied by a third party (the paper PDF was not
+# read). The VGPO row's MathVista 74.1, MathVerse-V 67.6, WeMath 72.5, MMK12 81.5, LogicVista 49.4 and Geo3K
+# 45.8 match a second listing (wizwand.com's page for the paper); MathVerse, GeoMath, Counting, MMMU-Pro and
+# the DAPO row rest on the first copy only. The 3B and 32B rows exist in the paper but no source for their
+# numbers could be checked, so they are not recorded. The authors' model cards (MuMing0102/VGPO-RL-7B,
+# -32B) say the numbers follow Look-Back's evaluation script at temperature 0.
+PAPER_RESULTS: dict[str, dict[str, Any]] = {
+    "7b": {
+        "model": "Qwen2.5-VL-7B-Instruct",
+        "methods": {
+            "DAPO": dict(zip(PAPER_KEYS, (68.7, 69.6, 70.8, 77.0, 51.3, 45.6, 47.4, 85.5, 39.0, 66.6))),
+            "VGPO": dict(zip(PAPER_KEYS, (74.1, 71.6, 72.5, 81.5, 54.3, 45.8, 49.4, 95.5, 40.5, 67.6))),
+        },
+    },
+}
+UNRECORDED_ROWS = ("3b", "32b")
