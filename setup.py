@@ -36,7 +36,7 @@ setup(
         "verl.plugins": ["vgpo = verl_vgpo.plugin"],
         "console_scripts": [
             "vgpo-demo = verl_vgpo.apps.demo:main",
-            "vgpo-tiny-vlm = verl_vgpo.cpu.tiny_vlm:main",
+            "vgpo-tiny-vlm = verl_vgpo.cpu.tiny_vlm_cli:main",
             "vgpo-evaluate = verl_vgpo.apps.evaluate:main",
             "vgpo-analyze = verl_vgpo.apps.analyze:main",
             "vgpo-experiment = verl_vgpo.apps.experiment:main",

@@ -8,7 +8,7 @@ variants, and prints the ratios measured in this run:
   ``TrainingWorker.infer_batch`` on the FSDP2 engine (padded layout, CPU platform), once with the
   ``CAPTURE_FOCUS_FLAG`` set and once without;
 * backend ``hf`` (default otherwise, e.g. on a GPU box without verl): a plain HF forward that
-  computes log-probs like verl, with and without the very same ``verl_vgpo.wiring.engine.FocusHook`` on the
+  computes log-probs like verl, with and without the very same ``verl_vgpo.focus.FocusHook`` on the
   final norm; it also times ``output_hidden_states=True`` (what the official implementation does)
   for contrast.
 
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
-from verl_vgpo.wiring.engine import FocusHook, find_final_norm, focus_hook
+from verl_vgpo.focus import FocusHook, find_final_norm, focus_hook
 from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_SECONDS_KEY
 
 VARIANTS_VERL = ("base", "focus")

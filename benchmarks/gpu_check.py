@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from verl_vgpo.advantage import group_ids, reweight_advantage
 from verl_vgpo.config import VGPOConfig
 from verl_vgpo.focus import visual_focus_scores
-from verl_vgpo.wiring.engine import FocusHook, find_final_norm, focus_hook
+from verl_vgpo.focus import FocusHook, find_final_norm, focus_hook
 
 # Token ids of Qwen2.5-VL's tokenizer (its config.json); the check needs no tokenizer files.
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 151655, 151656, 151652, 151653

@@ -66,3 +66,37 @@ def test_selected_only_by_verl_platform_env():
     # without the variable verl's own detection runs (this machine has no GPU: its "nvidia" fallback)
     default = _resolve_platform_in_subprocess({"OMP_NUM_THREADS": "1"})
     assert default.split()[0] in ("cuda", "npu"), default
+
+
+def _cpu_modules_after_import_verl(env_overrides) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    env.update(env_overrides)
+    code = "import sys, verl; print(sorted(m for m in sys.modules if m.startswith('verl_vgpo.cpu')))"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return eval(result.stdout.strip().splitlines()[-1])
+
+
+def test_cpu_platform_rollout_and_gloo_change_are_imported_only_where_selected():
+    assert _cpu_modules_after_import_verl({"OMP_NUM_THREADS": "1"}) == []
+    selected = _cpu_modules_after_import_verl({"VERL_PLATFORM": "cpu", "OMP_NUM_THREADS": "1"})
+    assert {"verl_vgpo.cpu.platform", "verl_vgpo.cpu.rollout", "verl_vgpo.cpu.distributed"} <= set(selected)
+
+
+def test_enable_cpu_platform_registers_what_the_plugin_skipped():
+    code = (
+        "import verl\n"
+        "from verl.workers.engine import EngineRegistry\n"
+        "from verl.workers.rollout.base import _ROLLOUT_REGISTRY\n"
+        "assert 'cpu' not in EngineRegistry._engines['language_model']['fsdp2']\n"
+        "from verl_vgpo.cpu import enable_cpu_platform\n"
+        "enable_cpu_platform()\n"
+        "import verl.utils.distributed as d\n"
+        "print(EngineRegistry._engines['language_model']['fsdp2']['cpu'].__name__, ('hf_cpu', 'async') in _ROLLOUT_REGISTRY,\n"
+        "      getattr(d.initialize_global_process_group_ray, '__vgpo_cpu_gloo__', False))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    result = subprocess.run([sys.executable, "-c", code], env=dict(env, OMP_NUM_THREADS="1"), capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "VGPOFocusFSDPEngineWithLMHead True True"

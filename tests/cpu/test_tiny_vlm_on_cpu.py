@@ -114,7 +114,7 @@ def test_size_validation_and_cli(tmp_path):
 
     from transformers import AutoConfig
 
-    from verl_vgpo.cpu.tiny_vlm import main
+    from verl_vgpo.cpu.tiny_vlm_cli import main
 
     main(
         ["--out", str(tmp_path / "cli"), "--hidden-size", "128", "--mrope-section", "4", "6", "6",
@@ -177,7 +177,7 @@ def test_other_families_use_their_real_classes_and_config_ids(tiny_vlm_of, famil
 def test_family_is_part_of_the_settings_key_and_cli(tiny_vlm_path, tmp_path):
     from transformers import AutoConfig
 
-    from verl_vgpo.cpu.tiny_vlm import main
+    from verl_vgpo.cpu.tiny_vlm_cli import main
 
     with pytest.raises(FileExistsError, match="different settings"):
         build_tiny_vlm(tiny_vlm_path, seed=0, family="qwen3_vl")

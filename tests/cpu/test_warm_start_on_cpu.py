@@ -77,7 +77,7 @@ def test_bad_settings_are_refused():
 
 
 def test_tiny_vlm_cli_builds_the_warm_start(tmp_path, monkeypatch):
-    from verl_vgpo.cpu import tiny_vlm
+    from verl_vgpo.cpu import tiny_vlm_cli as tiny_vlm
 
     calls = []
     monkeypatch.setattr(warm_start, "build_warm_start", lambda out, settings, **kw: calls.append((out, settings, kw)))

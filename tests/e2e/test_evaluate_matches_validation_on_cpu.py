@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from verl_vgpo.apps import demo
+from verl_vgpo.apps import runner
 
 RUN_TIMEOUT_S = 420
 VAL_ROWS = 16
@@ -55,7 +55,7 @@ def test_cli_greedy_accuracy_equals_verl_validation_accuracy(workspace, monkeypa
     root, reward = workspace["root"], workspace["reward"]
     monkeypatch.setenv("RESPONSE_LENGTH", str(RESPONSE_LENGTH))
     val_dump = root / "validation"
-    result = demo.run_main_ppo(
+    result = runner.run_main_ppo(
         "grpo",
         1,
         root / "main_ppo",
@@ -71,7 +71,7 @@ def test_cli_greedy_accuracy_equals_verl_validation_accuracy(workspace, monkeypa
         ],
         quiet=True,
     )
-    records = demo.read_metrics(result["metrics_path"])
+    records = runner.read_metrics(result["metrics_path"])
     validation = next(record for record in records if VAL_ACC_KEY in record)
     verl_acc = 100.0 * float(validation[VAL_ACC_KEY])
     (dump_file,) = sorted(val_dump.glob("*.jsonl"))
@@ -90,7 +90,7 @@ def test_cli_greedy_accuracy_equals_verl_validation_accuracy(workspace, monkeypa
         "--reward", f"{reward}:checksum_parity",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=demo.REPO_ROOT)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=root)
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads((out / "results.json").read_text())
     cli_acc = next(row for row in summary["table"] if row["data_source"] == "easy_vqa")["greedy"]

@@ -78,7 +78,7 @@ def experiment_out(tmp_path_factory):
 
 
 def _records(out: Path, algo: str) -> list[dict]:
-    from verl_vgpo.apps.demo import read_metrics
+    from verl_vgpo.apps.runner import read_metrics
 
     return read_metrics(out / "runs" / f"{algo}_seed0" / "metrics.jsonl")
 

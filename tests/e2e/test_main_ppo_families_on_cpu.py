@@ -22,7 +22,7 @@ from tests.e2e.test_main_ppo_smoke_on_cpu import (
     _grpo_advantage_range_from_dump,
     assert_vgpo_step_metrics,
 )
-from verl_vgpo.apps import demo
+from verl_vgpo.apps import runner
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,13 @@ def data_dir(tmp_path_factory):
 def test_one_vgpo_step_per_family(family, tiny_vlm_of, data_dir, tmp_path):
     model_dir = Path(tiny_vlm_of(family))
     rollout_dir = tmp_path / "rollouts"
-    result = demo.run_main_ppo(
+    result = runner.run_main_ppo(
         "vgpo", 1, tmp_path, model_dir, data_dir, RUN_TIMEOUT_S, [f"trainer.rollout_data_dir={rollout_dir}"],
         quiet=True, knobs={**RANDOM_MODEL_KNOBS, "MODEL_FAMILY": family},
     )
     log = Path(result["log_path"]).read_text()
     assert f"Monkey patch {_model_class(family)} model forward" in log  # verl's patches for this family ran
-    records = demo.read_metrics(result["metrics_path"])
+    records = runner.read_metrics(result["metrics_path"])
     assert [record["step"] for record in records] == [1]
     assert_vgpo_step_metrics(records[0])
     grpo_min, grpo_max = _grpo_advantage_range_from_dump(rollout_dir / "1.jsonl")
@@ -64,7 +64,7 @@ def test_run_script_refuses_an_unknown_family_or_a_model_of_another_family(tiny_
 
     def run(**env):
         return subprocess.run(
-            ["bash", str(demo.RUN_SCRIPT)], capture_output=True, text=True, timeout=60,
+            ["bash", str(runner.RUN_SCRIPT)], capture_output=True, text=True, timeout=60,
             env={**os.environ, "PYTHON": sys.executable, "DATA_DIR": str(data_dir), "OUT_DIR": str(tmp_path), **env},
         )
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from verl_vgpo.apps import demo
+from verl_vgpo.apps import runner
 
 RUN_TIMEOUT_S = 300
 # the random tiny VLM never earns the strict reward: the graded one gives groups different rewards
@@ -45,9 +45,9 @@ def workspace(tmp_path_factory):
 def _run(workspace, algo: str, steps: int, name: str, overrides=()):
     out_dir = workspace["root"] / name
     rollout_dir = out_dir / "rollouts"
-    result = demo.run_main_ppo(algo, steps, out_dir, workspace["model"], workspace["data"], RUN_TIMEOUT_S,
+    result = runner.run_main_ppo(algo, steps, out_dir, workspace["model"], workspace["data"], RUN_TIMEOUT_S,
                                [f"trainer.rollout_data_dir={rollout_dir}", *overrides], quiet=True, knobs=RANDOM_MODEL_KNOBS)
-    return demo.read_metrics(result["metrics_path"]), rollout_dir
+    return runner.read_metrics(result["metrics_path"]), rollout_dir
 
 
 def _grpo_advantage_range_from_dump(rollout_file: Path) -> tuple[float, float]:
@@ -97,7 +97,7 @@ def assert_vgpo_step_metrics(record: dict) -> None:
     """One logged VGPO step of an image-only run: finite metrics, a focus signal everywhere, weights in range
     (also used by test_main_ppo_families_on_cpu.py)."""
     vgpo_metrics = {key: value for key, value in record.items() if key.startswith("vgpo/")}
-    for key in (*demo.PSI_METRICS, *demo.ALPHA_METRICS, demo.FOCUS_FIRST_METRIC, demo.FOCUS_LAST_METRIC,
+    for key in (*runner.PSI_METRICS, *runner.ALPHA_METRICS, runner.FOCUS_FIRST_METRIC, runner.FOCUS_LAST_METRIC,
                 "vgpo/focus/mean", "vgpo/no_signal_fraction", "vgpo/gate_pass_rate"):
         assert key in vgpo_metrics, f"step {record['step']}: {key} missing; logged {sorted(vgpo_metrics)}"
     bad = {key: value for key, value in vgpo_metrics.items() if not math.isfinite(float(value))}
@@ -146,5 +146,5 @@ def test_grpo_control_run_matches_the_recomputation(grpo_run):
 
 
 def test_wrong_rollout_name_fails_fast_with_the_name(workspace):
-    with pytest.raises(demo.DemoError, match="Rollout hf_cpux with mode async not found"):
+    with pytest.raises(runner.RunError, match="Rollout hf_cpux with mode async not found"):
         _run(workspace, "grpo", 1, "wrong_name", ["actor_rollout_ref.rollout.name=hf_cpux"])

@@ -10,7 +10,7 @@ Checked: the step counter continues (3, 4, not 1, 2), the optimiser state was re
 step count in the step-4 checkpoint is the step-2 count plus the updates of the resumed run; a fresh optimiser
 would hold only the latter), the resumed run logs finite VGPO metrics with a focus signal, and validation ran
 at its test_freq step and at the last step. verl's file logger truncates its file when a run starts, so each run
-writes its own metrics file (the demo helper sets ``VERL_FILE_LOGGER_PATH`` per run folder).
+writes its own metrics file (the runner sets ``VERL_FILE_LOGGER_PATH`` per run folder).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from verl_vgpo.apps import demo
+from verl_vgpo.apps import runner
 
 RUN_TIMEOUT_S = 300
 BATCH_SIZE = 4  # prompts per step, also the script's ppo_mini_batch_size: one optimiser update per step
@@ -39,12 +39,12 @@ def resumed_runs(tmp_path_factory, tiny_vlm_path):
     # the random tiny VLM needs the graded reward (strict 0/1 rewards would all be 0: no gradient to restore)
     knobs = {"REWARD_FN": "compute_graded_score", "TEST_FREQ": 2, "BATCH_SIZE": BATCH_SIZE, "RESPONSE_LENGTH": 16}
     shared = [f"trainer.default_local_dir={checkpoints}", "trainer.save_freq=2"]
-    first = demo.run_main_ppo("vgpo", 2, root, Path(tiny_vlm_path), data_dir, RUN_TIMEOUT_S, shared, quiet=True,
+    first = runner.run_main_ppo("vgpo", 2, root, Path(tiny_vlm_path), data_dir, RUN_TIMEOUT_S, shared, quiet=True,
                               knobs=knobs, run_name="first")
-    first_records = demo.read_metrics(first["metrics_path"])
-    second = demo.run_main_ppo("vgpo", 4, root, Path(tiny_vlm_path), data_dir, RUN_TIMEOUT_S,
+    first_records = runner.read_metrics(first["metrics_path"])
+    second = runner.run_main_ppo("vgpo", 4, root, Path(tiny_vlm_path), data_dir, RUN_TIMEOUT_S,
                                [*shared, "trainer.resume_mode=auto"], quiet=True, knobs=knobs, run_name="resumed")
-    return {"first": first_records, "resumed": demo.read_metrics(second["metrics_path"]),
+    return {"first": first_records, "resumed": runner.read_metrics(second["metrics_path"]),
             "resumed_log": Path(second["log_path"]).read_text(), "checkpoints": checkpoints}
 
 

@@ -16,10 +16,19 @@ import torch
 from verl_vgpo.wiring import compat
 
 
+def require_versions(versions: dict) -> None:
+    """Skip a "verl's original still fails" test where the fix is not for the installed versions (it is off there)."""
+    mismatch = compat.version_mismatch(**versions)
+    if mismatch:
+        pytest.skip(f"the fix is off on these versions: {mismatch}")
+
+
 def test_versions_match():
     assert compat.versions_match(torch=">=2")
     assert not compat.versions_match(torch="<1")
     assert not compat.versions_match(**{"no-such-distribution-vgpo": ">=0"})
+    assert "is not installed" in compat.version_mismatch(**{"no-such-distribution-vgpo": ">=0"})
+    assert "(fix is for torch<1)" in compat.version_mismatch(torch="<1")
 
 
 # --- Qwen2/2.5-VL text-only micro-batches (verl 0.9.x, transformers >= 5) ---------------------------
@@ -35,7 +44,7 @@ def qwen2_5_vl(tiny_vlm_path):
 def test_verls_qwen2_vl_text_only_dummy_still_fails(qwen2_5_vl):
     import verl.models.transformers.qwen2_vl as qwen2_vl
 
-    assert compat.versions_match(**compat.QWEN2_VL_TEXT_ONLY_VERSIONS)
+    require_versions(compat.QWEN2_VL_TEXT_ONLY_VERSIONS)
     verls_own = getattr(qwen2_vl._get_input_embeds, "__wrapped__", qwen2_vl._get_input_embeds)
     input_ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad(), pytest.raises(AttributeError, match="mean"):
@@ -98,16 +107,23 @@ def _legacy_old_log_prob_outputs(extra_field: str) -> list[str]:
 
 def test_verls_legacy_trainer_still_drops_the_focus_field():
     from verl_vgpo.wiring.keys import FOCUS_OUTPUT_KEY
+    from verl_vgpo.wiring.trainer import LEGACY_TRAINER_VERSIONS
 
-    assert compat.versions_match(**compat.LEGACY_TRAINER_VERSIONS)
+    require_versions(LEGACY_TRAINER_VERSIONS)
     assert _legacy_old_log_prob_outputs(FOCUS_OUTPUT_KEY) == ["entropys", "old_log_probs"]
 
 
-def test_legacy_trainer_guard_is_installed():
+def test_legacy_trainer_refuses_vgpo_at_construction():
     import verl  # noqa: F401
+    from omegaconf import OmegaConf
     from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
+    from verl_vgpo.config import VGPOConfigError
+
     assert RayPPOTrainer.__init__._vgpo_legacy_guard
+    config = OmegaConf.create({"algorithm": {"adv_estimator": "vgpo"}})
+    with pytest.raises(VGPOConfigError, match="trainer.use_v1"):
+        RayPPOTrainer(config, tokenizer=None, role_worker_mapping={}, resource_pool_manager=None)
 
 
 # --- Qwen3.5 packed linear attention on transformers' torch fallback (verl 0.9.x, transformers >= 5) ---
@@ -141,7 +157,7 @@ def test_verls_qwen3_5_packed_torch_fallback_still_leaks_state_across_sequences(
     import verl.models.transformers.qwen3_5 as verl_qwen3_5
     from transformers.models.qwen3_5.modeling_qwen3_5 import torch_chunk_gated_delta_rule
 
-    assert compat.versions_match(**compat.QWEN3_5_PACKED_FALLBACK_VERSIONS)
+    require_versions(compat.QWEN3_5_PACKED_FALLBACK_VERSIONS)
     current = verl_qwen3_5._packed_chunk_gated_delta_rule
     verls_own = getattr(current, "__wrapped__", current)
     layer = types.SimpleNamespace(chunk_gated_delta_rule=torch_chunk_gated_delta_rule)
@@ -231,7 +247,7 @@ def test_verls_get_input_embeds_still_runs_the_vision_tower_per_modality(tiny_vl
         {"qwen2_5_vl": "verl.models.transformers.qwen2_vl", "qwen3_vl": "verl.models.transformers.qwen3_vl",
          "qwen3_5": "verl.models.transformers.qwen3_5"}[family]
     )
-    assert compat.versions_match(**compat.ONE_VISION_PASS_VERSIONS)
+    require_versions(compat.ONE_VISION_PASS_VERSIONS)
     verls_own = getattr(module._get_input_embeds, "__wrapped__", module._get_input_embeds)
     model, input_ids, inputs = _mixed_micro_batch(tiny_vlm_of(family))
     calls, _ = _tower_calls_and_output(verls_own, model, input_ids, inputs)
@@ -274,7 +290,7 @@ def test_verls_trainer_still_builds_the_replay_buffer_without_a_poll_interval():
     from verl.trainer.ppo.v1 import trainer_base
     from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
-    assert compat.versions_match(**compat.REPLAY_POLL_VERSIONS)
+    require_versions(compat.REPLAY_POLL_VERSIONS)
     assert inspect.signature(ReplayBuffer.__init__).parameters["poll_interval"].default == 2.0
     tree = ast.parse(textwrap.dedent(inspect.getsource(trainer_base.PPOTrainer._build_replay_buffer)))
     names = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
@@ -295,3 +311,62 @@ def test_replay_poll_interval_is_checked_and_applied():
             compat.apply_replay_buffer_poll_interval(buffer, OmegaConf.create({"poll_interval": bad}))
     with pytest.raises(TypeError, match="has no poll_interval"):
         compat.apply_replay_buffer_poll_interval(object(), {"poll_interval": 0.5})
+
+
+# --- the list of fixes and VERL_VGPO_FIXES ------------------------------------------------------------
+
+
+def _status_in_subprocess(fixes_env: str | None) -> dict:
+    """Which fixes a fresh process (plugin loaded by ``import verl``) reports active, and whether verl's
+    Qwen2-VL helper is wrapped there."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != compat.FIXES_ENV}
+    if fixes_env is not None:
+        env[compat.FIXES_ENV] = fixes_env
+    code = (
+        "import json, verl, verl.models.transformers.qwen2_vl as q; from verl_vgpo.wiring import compat; "
+        "print(json.dumps({'active': [f.name for f, on, _ in compat.fix_status() if on], "
+        "'wrapped': hasattr(q._get_input_embeds, 'vgpo_text_only_fix'), "
+        "'estimator': __import__('verl.trainer.ppo.core_algos', fromlist=['x']).get_adv_estimator_fn('vgpo') is not None}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_fixes_env_turns_every_fix_off_and_keeps_the_estimator():
+    on = _status_in_subprocess(None)
+    off = _status_in_subprocess("0")
+    assert on["wrapped"] and not off["wrapped"]
+    assert off["active"] == [] and len(on["active"]) == len(compat.FIXES)
+    assert on["estimator"] and off["estimator"]
+
+
+def test_apply_fixes_logs_one_line_naming_the_fixes(monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setattr(compat, "_APPLIED_LOGGED", False)
+    with caplog.at_level(logging.INFO, logger="verl_vgpo"):
+        active = compat.apply_fixes()
+        compat.apply_fixes()
+    lines = [r.getMessage() for r in caplog.records if "verl fixes active" in r.getMessage()]
+    assert len(lines) == 1 and all(name in lines[0] for name in active)
+    monkeypatch.setenv(compat.FIXES_ENV, "0")
+    monkeypatch.setattr(compat, "_APPLIED_LOGGED", False)
+    with caplog.at_level(logging.INFO, logger="verl_vgpo"):
+        assert compat.apply_fixes() == []
+    assert "VERL_VGPO_FIXES=0: no verl fix applied" in caplog.text
+
+
+def test_poll_interval_is_ignored_with_a_warning_when_fixes_are_off(monkeypatch, caplog):
+    from omegaconf import OmegaConf
+
+    monkeypatch.setenv(compat.FIXES_ENV, "off")
+    buffer = types.SimpleNamespace(poll_interval=2.0)
+    compat.apply_replay_buffer_poll_interval(buffer, OmegaConf.create({"poll_interval": 0.2}))
+    assert buffer.poll_interval == 2.0
+    assert "is ignored" in caplog.text

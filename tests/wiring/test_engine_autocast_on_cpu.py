@@ -20,7 +20,7 @@ from tests.wiring.test_engine_focus_on_cpu import (  # noqa: F401  (fixtures, on
     samples,
 )
 from tests.wiring.vlm_batches import build_batch, build_training_worker, restore_qwen_methods, snapshot_qwen_methods
-from verl_vgpo.wiring.engine import find_final_norm, focus_of_padded, visual_token_ids
+from verl_vgpo.focus import find_final_norm, focus_of_padded, visual_token_ids
 from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY
 
 

@@ -28,7 +28,7 @@ from tests.wiring.vlm_batches import (
     snapshot_qwen_methods,
     standard_samples,
 )
-from verl_vgpo.wiring.engine import find_final_norm
+from verl_vgpo.focus import find_final_norm
 from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY
 
 TOLERANCE = 1e-5
@@ -220,7 +220,7 @@ def test_dynamic_bsz_restores_original_row_order(padded_worker, samples, referen
 
 
 def test_visual_token_selection(padded_worker, samples, hf_parts):
-    from verl_vgpo.wiring.engine import VISUAL_TOKENS_KEY
+    from verl_vgpo.wiring.keys import FOCUS_VISUAL_TOKENS_KEY as VISUAL_TOKENS_KEY
 
     model = hf_parts[1]
     output = padded_worker.infer(_capture_batch(samples, **{VISUAL_TOKENS_KEY: ["image"]}))
@@ -238,9 +238,7 @@ def test_visual_token_selection(padded_worker, samples, hf_parts):
 
 
 def test_no_focus_without_flag_and_hook_always_removed(padded_worker, samples, monkeypatch):
-    import verl_vgpo.wiring.engine as engine_module
-
-    norm = engine_module.find_final_norm(padded_worker.worker.engine.module)
+    norm = find_final_norm(padded_worker.worker.engine.module)
     assert not norm._forward_hooks
 
     # reference pass / any pass without the flag: no focus field, no hook
@@ -255,8 +253,7 @@ def test_no_focus_without_flag_and_hook_always_removed(padded_worker, samples, m
     def failing_scores(*args, **kwargs):
         raise RuntimeError("scoring failed on purpose")
 
-    monkeypatch.setattr(engine_module, "visual_focus_scores", failing_scores)
-    monkeypatch.setattr("verl_vgpo.focus.visual_focus_scores", failing_scores)  # the padded layout scores there
+    monkeypatch.setattr("verl_vgpo.focus.visual_focus_scores", failing_scores)
     with pytest.raises(RuntimeError, match="scoring failed on purpose"):
         padded_worker.infer(_capture_batch(samples))
     assert not norm._forward_hooks
@@ -284,7 +281,7 @@ def test_update_pass_never_captures(padded_worker, samples):
 
 
 def engine_module_norm_hooks(engine):
-    from verl_vgpo.wiring.engine import find_final_norm
+    from verl_vgpo.focus import find_final_norm
 
     return find_final_norm(engine.module)._forward_hooks
 

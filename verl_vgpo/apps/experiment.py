@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from verl_vgpo.apps import demo
+from verl_vgpo.apps import demo, runner
 from verl_vgpo.data import easy_vqa
 
 REPORT_FORMAT = "vgpo-experiment/1"
@@ -103,11 +103,11 @@ def collect_run(records: list[dict], wall_s: float) -> dict:
     matrix = demo.focus_position_matrix(records)
     return {
         **summary,
-        "reward": _curve(records, demo.REWARD_METRIC),
-        "step_time_s": _curve(records, demo.STEP_TIME_METRIC),
+        "reward": _curve(records, runner.REWARD_METRIC),
+        "step_time_s": _curve(records, runner.STEP_TIME_METRIC),
         "val_acc": demo.validation_accuracy(records),
-        "focus_first_third": _curve(records, demo.FOCUS_FIRST_METRIC),
-        "focus_last_third": _curve(records, demo.FOCUS_LAST_METRIC),
+        "focus_first_third": _curve(records, runner.FOCUS_FIRST_METRIC),
+        "focus_last_third": _curve(records, runner.FOCUS_LAST_METRIC),
         "focus_pos_bins": matrix[1] if matrix else None,
     }
 
@@ -143,12 +143,6 @@ def mean_sd(values) -> tuple[float, float] | None:
 
 def _fmt(stat: tuple[float, float] | None, digits: int = 3) -> str:
     return "n/a" if stat is None else f"{stat[0]:.{digits}f} ± {stat[1]:.{digits}f}"
-
-
-def _thirds(curve: list[float | None]) -> tuple[list[float], list[float]]:
-    values = _finite(curve)
-    third = max(1, len(values) // 3)
-    return values[:third], values[-third:]
 
 
 def algorithm_table_row(entry: dict) -> dict:
@@ -348,11 +342,11 @@ def main(argv=None) -> int:
                 name = f"{algo}_seed{seed}"
                 print(f"[{name}] main_ppo algorithm.adv_estimator={algo} data.seed={seed}, {steps} steps", flush=True)
                 try:
-                    result = demo.run_main_ppo(algo, steps, out_dir / "runs", model_dir, data_dir, args.timeout,
+                    result = runner.run_main_ppo(algo, steps, out_dir / "runs", model_dir, data_dir, args.timeout,
                                                args.overrides, knobs={**knobs, "SEED": seed}, run_name=name)
-                except demo.DemoError as error:
+                except runner.RunError as error:
                     raise ExperimentError(str(error)) from error
-                records = demo.read_metrics(result["metrics_path"])
+                records = runner.read_metrics(result["metrics_path"])
                 trained = [record["step"] for record in records if record["step"] >= 1]
                 if trained != list(range(1, steps + 1)):
                     raise ExperimentError(f"{name}: expected logged steps 1..{steps}, got {trained}")

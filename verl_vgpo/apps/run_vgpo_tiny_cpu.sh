@@ -58,7 +58,7 @@ esac
 
 if [ ! -f "$MODEL_DIR/config.json" ]; then
   if [ "$WARM_START" = 1 ]; then "$PYTHON" -m verl_vgpo.cpu.warm_start --out "$MODEL_DIR" --family "$MODEL_FAMILY"
-  else "$PYTHON" -m verl_vgpo.cpu.tiny_vlm --out "$MODEL_DIR" --family "$MODEL_FAMILY"; fi
+  else "$PYTHON" -m verl_vgpo.cpu.tiny_vlm_cli --out "$MODEL_DIR" --family "$MODEL_FAMILY"; fi
 fi
 MODEL_TYPE=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["model_type"])' "$MODEL_DIR/config.json")
 if [ "$MODEL_TYPE" != "$MODEL_FAMILY" ]; then

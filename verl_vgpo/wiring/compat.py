@@ -3,7 +3,12 @@
 Keeping them here, each one small and dated, is what lets them be deleted: every workaround is one
 section headed with the versions it is for, installs itself only when :func:`versions_match` says the
 installed versions are affected, and has a test in tests/wiring/test_compat_on_cpu.py that runs verl's
-ORIGINAL code and asserts that it still fails, so the test turns red once verl fixes the bug.
+ORIGINAL code and asserts that it still fails, so the test turns red once verl fixes the bug (and skips
+when the installed versions are not the ones the fix is for).
+
+Every fix is listed in :data:`FIXES`; ``VERL_VGPO_FIXES=0`` turns all of them off (stock verl, e.g. for a
+baseline) while the estimator, engines and trainers still register. :func:`apply_fixes` logs one INFO
+line per process naming the fixes it applied.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from packaging.specifiers import SpecifierSet
@@ -22,21 +29,32 @@ from verl_vgpo.config import config_get
 logger = logging.getLogger("verl_vgpo")
 
 
-def versions_match(**specifiers: str) -> bool:
-    """True when each named distribution is installed in a version its specifier allows.
+FIXES_ENV = "VERL_VGPO_FIXES"
 
-    Example: ``versions_match(verl=">=0.9,<0.10", transformers=">=5")``.
+
+def fixes_enabled() -> bool:
+    """False when ``VERL_VGPO_FIXES`` is 0 / false / no / off: every fix below stays off (stock verl)."""
+    return os.environ.get(FIXES_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def version_mismatch(**specifiers: str) -> str | None:
+    """None when each named distribution is installed in a version its specifier allows, else the reason.
+
+    Example: ``version_mismatch(verl=">=0.9,<0.10", transformers=">=5")``.
     """
     for distribution, specifier in specifiers.items():
         try:
             installed = version(distribution)
         except PackageNotFoundError:
-            return False
+            return f"{distribution} is not installed (fix is for {distribution}{specifier})"
         if not SpecifierSet(specifier).contains(installed, prereleases=True):
-            logger.warning("verl-vgpo: a compat workaround for %s%s is not installed (%s %s is installed)",
-                           distribution, specifier, distribution, installed)
-            return False
-    return True
+            return f"{distribution} {installed} is installed (fix is for {distribution}{specifier})"
+    return None
+
+
+def versions_match(**specifiers: str) -> bool:
+    """True when each named distribution is installed in a version its specifier allows."""
+    return version_mismatch(**specifiers) is None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -88,42 +106,6 @@ def fix_qwen2_vl_text_only_dummy() -> None:
 
     get_input_embeds.vgpo_text_only_fix = True
     qwen2_vl._get_input_embeds = get_input_embeds
-
-
-# ---------------------------------------------------------------------------------------------------
-# verl 0.9.x: the legacy trainer keeps only the log-prob outputs of the engine
-# ---------------------------------------------------------------------------------------------------
-
-LEGACY_TRAINER_VERSIONS = {"verl": ">=0.9,<0.10"}
-
-
-def install_legacy_trainer_guard() -> None:
-    """Make verl's legacy ``RayPPOTrainer`` refuse adv_estimator=vgpo at construction (idempotent).
-
-    For: verl 0.9.x, whose legacy trainer (``trainer.use_v1=false``) copies only log_probs, entropy,
-    routed_experts and sum_pi_squared out of the engine output, so the focus field never reaches the
-    advantage. ``main_ppo`` builds ``RayPPOTrainer`` in its TaskRunner before any worker starts; without
-    this guard the run would fail only at the first advantage computation.
-    """
-    if not versions_match(**LEGACY_TRAINER_VERSIONS):
-        return
-    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
-
-    from verl_vgpo.config import VGPOConfigError
-    from verl_vgpo.wiring.trainer import LEGACY_TRAINER_MESSAGE, uses_vgpo
-
-    original_init = RayPPOTrainer.__init__
-    if getattr(original_init, "_vgpo_legacy_guard", False):
-        return
-
-    @functools.wraps(original_init)
-    def init_refusing_vgpo(self, config, *args, **kwargs):
-        if uses_vgpo(config):
-            raise VGPOConfigError(LEGACY_TRAINER_MESSAGE)
-        original_init(self, config, *args, **kwargs)
-
-    init_refusing_vgpo._vgpo_legacy_guard = True  # type: ignore[attr-defined]
-    RayPPOTrainer.__init__ = init_refusing_vgpo
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -326,7 +308,84 @@ def apply_replay_buffer_poll_interval(replay_buffer: Any, sampler_config: Any) -
     value = replay_poll_interval(sampler_config)
     if value is None or not versions_match(**REPLAY_POLL_VERSIONS):
         return
+    if not fixes_enabled():
+        logger.warning("verl-vgpo: %s=0: trainer.v1.sampler.%s=%s is ignored (verl's default poll is kept)",
+                       FIXES_ENV, REPLAY_POLL_KEY, value)
+        return
     if not hasattr(replay_buffer, "poll_interval"):
         raise TypeError(f"{type(replay_buffer).__qualname__} has no poll_interval: trainer.v1.sampler."
                         f"{REPLAY_POLL_KEY} only applies to verl's ReplayBuffer and its subclasses")
     replay_buffer.poll_interval = value
+
+
+# ---------------------------------------------------------------------------------------------------
+# the list of fixes, and applying them
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One change this package makes to verl's behaviour, with the versions it is for.
+
+    ``install`` is None for a fix applied where it acts (e.g. on the replay buffer the trainer builds);
+    :func:`apply_fixes` installs the others at plugin load.
+    """
+
+    name: str
+    versions: dict[str, str]
+    summary: str
+    install: Callable[[], None] | None = None
+
+
+FIXES: tuple[Fix, ...] = (
+    Fix("qwen2_vl_text_only_dummy", QWEN2_VL_TEXT_ONLY_VERSIONS,
+        "Qwen2/2.5-VL micro-batches without any image or video no longer crash", fix_qwen2_vl_text_only_dummy),
+    Fix("qwen3_5_packed_linear_attention_fallback", QWEN3_5_PACKED_FALLBACK_VERSIONS,
+        "Qwen3.5 packed linear attention without flash-linear-attention keeps each sequence's state apart",
+        fix_qwen3_5_packed_linear_attention_fallback),
+    Fix("qwen_vl_one_vision_pass", ONE_VISION_PASS_VERSIONS,
+        "one vision-tower pass per micro-batch with images and videos (FSDP ranks issue the same collectives)",
+        fix_qwen_vl_one_vision_pass_per_micro_batch),
+    Fix("replay_buffer_poll_interval", REPLAY_POLL_VERSIONS,
+        "trainer.v1.sampler.poll_interval: the V1 replay buffer's poll (verl: fixed 2 s), only when set"),
+)
+
+
+def fix_status() -> list[tuple[Fix, bool, str]]:
+    """(fix, active, why) for every fix in this process's environment (for ``vgpo-doctor``)."""
+    rows = []
+    for fix in FIXES:
+        mismatch = version_mismatch(**fix.versions)
+        if not fixes_enabled():
+            rows.append((fix, False, f"{FIXES_ENV}=0"))
+        elif mismatch:
+            rows.append((fix, False, mismatch))
+        else:
+            rows.append((fix, True, "for " + ", ".join(f"{name}{spec}" for name, spec in fix.versions.items())))
+    return rows
+
+
+_APPLIED_LOGGED = False
+
+
+def apply_fixes() -> list[str]:
+    """Install every fix whose versions match (idempotent); return the names of the active ones.
+
+    Logs one INFO line per process naming them, or saying that ``VERL_VGPO_FIXES=0`` keeps stock verl.
+    """
+    global _APPLIED_LOGGED
+    active = []
+    for fix, is_active, _ in fix_status():
+        if not is_active:
+            continue
+        if fix.install is not None:
+            fix.install()
+        active.append(fix.name)
+    if not _APPLIED_LOGGED:
+        _APPLIED_LOGGED = True
+        if fixes_enabled():
+            logger.info("verl-vgpo: verl fixes active in this process: %s (%s=0 turns them off)",
+                        ", ".join(active) or "none (versions differ)", FIXES_ENV)
+        else:
+            logger.info("verl-vgpo: %s=0: no verl fix applied in this process (stock verl)", FIXES_ENV)
+    return active

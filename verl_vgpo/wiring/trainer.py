@@ -35,6 +35,7 @@ worker bridge writing every per-row model-output field of the engine to TQ.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -425,6 +426,40 @@ VGPO_TRAINERS: dict[str, type] = {
 }
 
 
+# ---------------------------------------------------------------------------------------------------
+# verl 0.9.x: the legacy trainer keeps only the log-prob outputs of the engine
+# ---------------------------------------------------------------------------------------------------
+
+LEGACY_TRAINER_VERSIONS = {"verl": ">=0.9,<0.10"}
+
+
+def install_legacy_trainer_guard() -> None:
+    """Make verl's legacy ``RayPPOTrainer`` refuse adv_estimator=vgpo at construction (idempotent).
+
+    For: verl 0.9.x, whose legacy trainer (``trainer.use_v1=false``) copies only log_probs, entropy,
+    routed_experts and sum_pi_squared out of the engine output, so the focus field never reaches the
+    advantage. ``main_ppo`` builds ``RayPPOTrainer`` in its TaskRunner before any worker starts; without
+    this guard the run would fail only at the first advantage computation. A check, not a fix of verl:
+    it stays on with ``VERL_VGPO_FIXES=0``.
+    """
+    if not compat.versions_match(**LEGACY_TRAINER_VERSIONS):
+        return
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+    original_init = RayPPOTrainer.__init__
+    if getattr(original_init, "_vgpo_legacy_guard", False):
+        return
+
+    @functools.wraps(original_init)
+    def init_refusing_vgpo(self, config, *args, **kwargs):
+        if uses_vgpo(config):
+            raise VGPOConfigError(LEGACY_TRAINER_MESSAGE)
+        original_init(self, config, *args, **kwargs)
+
+    init_refusing_vgpo._vgpo_legacy_guard = True  # type: ignore[attr-defined]
+    RayPPOTrainer.__init__ = init_refusing_vgpo
+
+
 def register_trainers() -> None:
     """Plugin-load entry: VGPO trainers into verl's TRAINER_REGISTRY, guard on the legacy trainer.
 
@@ -432,7 +467,7 @@ def register_trainers() -> None:
     the dict. A registry entry that is neither verl's class nor ours means another plugin replaced it;
     wrapping that silently could drop its behaviour, so this refuses with an error naming both classes.
     """
-    compat.install_legacy_trainer_guard()
+    install_legacy_trainer_guard()
     registry = trainer_base.TRAINER_REGISTRY
     for mode, vgpo_cls in VGPO_TRAINERS.items():
         verl_cls = vgpo_cls.__bases__[1]
