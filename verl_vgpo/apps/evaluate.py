@@ -1061,6 +1061,8 @@ def main(argv=None) -> int:
 
     try:
         summary = run(argv)
+    except SystemExit as exit_request:  # --help, or a usage error already printed as one line
+        return exit_request.code if isinstance(exit_request.code, int) else 2
     except (EvaluateError, RewardError, ConversionError, GenerationError, ValueError, OSError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"vgpo-evaluate: {message}", file=sys.stderr)
