@@ -28,6 +28,7 @@ from verl_vgpo.apps.evaluate import (
     rewards_by_source,
 )
 from verl_vgpo.rewards.math_boxed import compute_score
+from verl_vgpo.rewards.paper_scoring import compute_score as paper_score
 
 REPO = Path(__file__).resolve().parents[2]
 CHILD_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -97,16 +98,17 @@ def test_accuracy_table_from_known_responses():
     table = {row["data_source"]: row for row in rows}
     assert [row["data_source"] for row in rows] == ["geometry3k", "mmk12", "virl39k", "all", "mean_of_sources"]
     assert table["mmk12"]["prompts"] == 3
-    assert table["mmk12"]["greedy"] == pytest.approx(100 * 2 / 3)
+    # mmk12 is one of the paper's benchmarks: the paper protocol (PAPO-Eval's rule) does not read "(B) 2" as B
+    assert table["mmk12"]["greedy"] == pytest.approx(100 * 1 / 3)
     assert table["geometry3k"]["greedy"] == 0.0 and table["virl39k"]["greedy"] == 100.0
     assert table["mmk12"]["avg@4"] == pytest.approx(100 * (0.5 + 1.0 + 0.0) / 3)
     assert table["geometry3k"]["avg@4"] == pytest.approx(25.0) and table["virl39k"]["avg@4"] == pytest.approx(75.0)
     # "all" weighs prompts equally, "mean_of_sources" weighs benchmarks equally
-    assert table["all"]["greedy"] == pytest.approx(100 * 3 / 5)
-    assert table["mean_of_sources"]["greedy"] == pytest.approx((200 / 3 + 0 + 100) / 3)
+    assert table["all"]["greedy"] == pytest.approx(100 * 2 / 5)
+    assert table["mean_of_sources"]["greedy"] == pytest.approx((100 / 3 + 0 + 100) / 3)
     assert table["all"]["avg@4"] == pytest.approx(100 * (0.5 + 1 + 0 + 0.25 + 0.75) / 5)
     assert len(records) == 10 and records[5]["acc"] == [1.0, 1.0, 0.0, 0.0]
-    assert "| mmk12 | 3 | 66.67 | 50.00 |" in format_table(rows, ["greedy", "avg@4"])
+    assert "| mmk12 | 3 | 33.33 | 50.00 |" in format_table(rows, ["greedy", "avg@4"])
 
 
 def test_wrong_number_of_responses_is_an_error():
@@ -149,8 +151,13 @@ def test_reward_routing_follows_the_data_source():
     def example(source, truth="4"):
         return Example(data_source=source, index=0, messages=[], images=[], ground_truth=truth)
 
-    rewards = rewards_by_source([example("easy_vqa", "yes"), example("geometry3k"), example("openai/gsm8k")])
+    rewards = rewards_by_source(
+        [example("easy_vqa", "yes"), example("geometry3k"), example("openai/gsm8k"), example("mmk12")]
+    )
     assert rewards["easy_vqa"].name == "pkg://verl_vgpo.rewards.exact_match:compute_score"
+    assert rewards["mmk12"].name == 'pkg://verl_vgpo.rewards.paper_scoring:compute_score {"scoring": "papo"}'
+    assert rewards["mmk12"].parses("\\boxed{4}") and not rewards["mmk12"].parses("4")
+    assert rewards_by_source([example("mmk12")], scoring="lookback")["mmk12"].name.endswith('{"scoring": "lookback"}')
     assert rewards["geometry3k"].name == "pkg://verl_vgpo.rewards.math_boxed:compute_score"
     assert rewards["openai/gsm8k"].name == VERL_DEFAULT_REWARD  # verl's own routing for verl's data sources
     gsm8k = rewards["openai/gsm8k"]
@@ -224,21 +231,28 @@ def test_cli_on_tiny_vlm(tiny_vlm_path, benchmark_parquet, tmp_path):
         {"name": "avg@3", "num_samples": 3, "temperature": 1.0},
     ]
     assert [len(r["responses"]) for r in records] == [1] * 5 + [3] * 5
-    # the saved table is exactly the rescored saved responses
+    # the saved table is exactly the rescored saved responses (mmk12 by the paper protocol, the others by
+    # the project's boxed reward)
+    def score(record, text):
+        if record["data_source"] == "mmk12":
+            return paper_score(record["data_source"], text, record["ground_truth"])["acc"]
+        return compute_score(record["data_source"], text, record["ground_truth"])["acc"]
+
     for row in summary["table"]:
         if row["data_source"] == "mean_of_sources":
             continue
         chosen = [r for r in records if row["data_source"] in ("all", r["data_source"])]
         for protocol in ("greedy", "avg@3"):
             per_prompt = [
-                np.mean([compute_score(r["data_source"], text, r["ground_truth"])["acc"] for text in r["responses"]])
+                np.mean([score(r, text) for text in r["responses"]])
                 for r in chosen
                 if r["protocol"] == protocol
             ]
             assert row[protocol] == pytest.approx(100 * np.mean(per_prompt))
     assert "| mmk12 | 3 |" in stdout and "| all | 5 |" in stdout
-    # the math sources are scored by the recipes' boxed reward; a random model writes no box: loud, not silent
-    assert summary["rewards"]["mmk12"]["reward"] == "pkg://verl_vgpo.rewards.math_boxed:compute_score"
+    # the math sources are scored by boxed rewards; a random model writes no box: loud, not silent
+    assert summary["rewards"]["mmk12"]["reward"].startswith("pkg://verl_vgpo.rewards.paper_scoring:compute_score")
+    assert summary["rewards"]["geometry3k"]["reward"] == "pkg://verl_vgpo.rewards.math_boxed:compute_score"
     unboxed = [r for r in records if not any("\\boxed{" in text for text in r["responses"])]
     assert unboxed, "the random tiny model wrote a box: pick another failure example"
     mmk12 = next(row for row in summary["table"] if row["data_source"] == "mmk12")
@@ -265,7 +279,7 @@ model_path, data_path, steps = sys.argv[1], sys.argv[2], 10
 examples = load_examples([data_path])
 generator = HFGenerator(model_path, steps, batch_size=len(examples), seed=0)
 batched = [r[0] for r in generator(examples, parse_protocol("greedy", 1.0))]
-processor, model = generator.processor, generator.model
+processor, model = generator.processor, generator.loaded.model
 reference = []
 for example in examples:
     # uncached greedy loop, one prompt at a time: every step recomputes the whole sequence
