@@ -9,7 +9,7 @@ STEPS       ?=
 EXPERIMENT_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test demo experiment bench clean-venv
+.PHONY: install test test-all check demo experiment bench clean-venv
 
 $(STAMP): setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -22,8 +22,17 @@ $(STAMP): setup.py constraints.txt
 
 install: $(STAMP)
 
+# fast tier: no main_ppo launch, no warm-start training, no real TransferQueue (under 5 min on 2 cores)
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+
+# everything: the fast tier, the main_ppo end-to-end runs and the warm-start training (what CI runs)
+test-all: $(STAMP) check
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+
+# repository layout the package relies on (the run script shipped as package data, its examples/ link)
+check: $(STAMP)
+	$(PY) .ci/check_layout.py
 
 # warm start (cached), then $(ALGO) through main_ppo; greedy validation before/after -> artifacts/demo/summary.json
 demo: $(STAMP)

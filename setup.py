@@ -40,6 +40,7 @@ setup(
             "vgpo-evaluate = verl_vgpo.apps.evaluate:main",
             "vgpo-analyze = verl_vgpo.apps.analyze:main",
             "vgpo-experiment = verl_vgpo.apps.experiment:main",
+            "vgpo-doctor = verl_vgpo.apps.doctor:main",
         ],
     },
 )

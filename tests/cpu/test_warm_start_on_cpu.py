@@ -11,6 +11,9 @@ import pytest
 from verl_vgpo.cpu import warm_start
 from verl_vgpo.data import easy_vqa
 
+pytestmark = pytest.mark.slow  # launches main_ppo or trains a warm start
+
+
 # a small budget: 120 optimiser steps of 32 samples of the default (warm) preset (about 40-60 s on one core)
 SMALL = warm_start.WarmStartSettings(steps=120, eval_size=100)
 

@@ -22,6 +22,9 @@ import pytest
 
 from verl_vgpo.apps import runner
 
+pytestmark = pytest.mark.slow  # launches main_ppo or trains a warm start
+
+
 RUN_TIMEOUT_S = 420
 VAL_ROWS = 16
 RESPONSE_LENGTH = 16

@@ -35,6 +35,9 @@ import torch
 from verl_vgpo.apps import experiment
 from verl_vgpo.data import easy_vqa
 
+pytestmark = pytest.mark.slow  # launches main_ppo or trains a warm start
+
+
 STEPS = 2
 BATCH_SIZE = 8
 ROLLOUT_N = 4

@@ -24,6 +24,8 @@ from tests.e2e.test_main_ppo_smoke_on_cpu import (
 )
 from verl_vgpo.apps import runner
 
+pytestmark = pytest.mark.slow  # launches main_ppo or trains a warm start
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

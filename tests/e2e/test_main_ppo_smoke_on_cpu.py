@@ -23,6 +23,9 @@ import torch
 
 from verl_vgpo.apps import runner
 
+pytestmark = pytest.mark.slow  # launches main_ppo or trains a warm start
+
+
 RUN_TIMEOUT_S = 300
 # the random tiny VLM never earns the strict reward: the graded one gives groups different rewards
 RANDOM_MODEL_KNOBS = {"REWARD_FN": "compute_graded_score", "RESPONSE_LENGTH": 16, "WARM_START": 0}
@@ -115,6 +118,7 @@ def assert_vgpo_step_metrics(record: dict) -> None:
 
 def test_vgpo_advantages_differ_from_grpo_on_the_same_rollouts(vgpo_run):
     records, rollout_dir = vgpo_run
+    assert [record["step"] for record in records] == [1, 2]
     for record in records:
         grpo_min, grpo_max = _grpo_advantage_range_from_dump(rollout_dir / f"{record['step']}.jsonl")
         assert grpo_max > 0 > grpo_min, "rewards were equal within every group: nothing to re-weight"
@@ -128,6 +132,7 @@ def test_rollout_generates_from_the_actors_current_weights(vgpo_run):
     """verl compares the rollout's token log-probs with the actor's old log-probs of the same step; after
     a large update (step 1) they only agree if the hf_cpu server received the new weights."""
     records, _ = vgpo_run
+    assert [record["step"] for record in records] == [1, 2]
     for record in records:
         assert record["training/rollout_probs_diff_max"] < SYNCED_ROLLOUT_PROBS_DIFF_MAX, (
             f"step {record['step']}: rollout and actor disagree by {record['training/rollout_probs_diff_max']}"

@@ -25,6 +25,9 @@ import torch
 
 from verl_vgpo.apps import runner
 
+pytestmark = pytest.mark.slow  # launches main_ppo or trains a warm start
+
+
 RUN_TIMEOUT_S = 300
 BATCH_SIZE = 4  # prompts per step, also the script's ppo_mini_batch_size: one optimiser update per step
 
@@ -82,6 +85,7 @@ def test_resume_restores_the_optimiser_state(resumed_runs):
 
 
 def test_vgpo_metrics_continue_after_resume(resumed_runs):
+    assert [record["step"] for record in resumed_runs["resumed"]] == [3, 4]
     for record in resumed_runs["resumed"]:
         vgpo_metrics = {key: value for key, value in record.items() if key.startswith("vgpo/")}
         for key in ("vgpo/focus/mean", "vgpo/token_weight/mean", "vgpo/trajectory_weight/mean",

@@ -19,8 +19,10 @@ def _calls_in_order(function: ast.FunctionDef) -> list[str]:
     return [name for _, name in sorted(names)]
 
 
-def test_main_ppo_validates_the_config_with_verls_validate_config_before_ray_init():
+def test_main_ppo_validates_the_config_with_verls_validate_config_before_ray_init(make_config):
     import verl.trainer.main_ppo as main_ppo
+
+    from verl_vgpo.config import VGPOConfigError
 
     tree = ast.parse(inspect.getsource(main_ppo))
     imported = {
@@ -33,7 +35,9 @@ def test_main_ppo_validates_the_config_with_verls_validate_config_before_ray_ini
     assert main_calls.index("validate_config") < main_calls.index("run_ppo")
     assert "init" in _calls_in_order(functions["run_ppo"])  # ray.init happens in run_ppo, after validation
     # and the name main_ppo bound is the hooked one (the plugin loaded before main_ppo's import of it)
-    assert main_ppo.validate_config.vgpo_checks
+    with pytest.raises(VGPOConfigError, match="algorithm.vgpo.gate_top_ratio"):
+        main_ppo.validate_config(make_config(**{"algorithm.vgpo.gate_top_ratio": 2.0}), use_reference_policy=False,
+                                 use_critic=False)
 
 
 def test_hooked_validate_config_refuses_bad_vgpo_settings_and_keeps_verls_checks(make_config):

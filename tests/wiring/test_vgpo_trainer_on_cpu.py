@@ -118,7 +118,13 @@ def test_plain_import_verl_installs_the_trainers_and_the_legacy_guard(first_impo
     script = (
         f"import {first_import}\n"
         "from verl.trainer.ppo.ray_trainer import RayPPOTrainer\n"
-        "assert RayPPOTrainer.__init__._vgpo_legacy_guard\n"
+        "from omegaconf import OmegaConf\n"
+        "from verl_vgpo.config import VGPOConfigError\n"
+        "try:\n"
+        "    RayPPOTrainer(OmegaConf.create({'algorithm': {'adv_estimator': 'vgpo'}}), None, {}, None)\n"
+        "    raise SystemExit('the legacy trainer accepted vgpo')\n"
+        "except VGPOConfigError:\n"
+        "    pass\n"
         "from verl.trainer.ppo.v1 import get_trainer_cls\n"
         "print([get_trainer_cls(m).__name__ for m in ('sync', 'colocate_async', 'separate_async')])\n"
     )
