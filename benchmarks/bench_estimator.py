@@ -5,7 +5,7 @@ The numpy loop is what a user would write: per row the valid tokens, a stable so
 min-max, means; then per uid group the GRPO mean / std and Eq. 9-11. It computes the whole advantage
 (GRPO base included), as ``compute_vgpo_advantage`` does. One run prints every time (median of
 ``--repeats``), both ratios and the largest difference of each implementation from ``reference.py``.
-Targets (issue 11): VGPO faster than the numpy loop, and within 3x verl's GRPO estimator.
+Targets: VGPO faster than the numpy loop, and within 3x verl's GRPO estimator.
 
 Usage: python benchmarks/bench_estimator.py [--prompts 128 --rollouts 8 --length 2048 --repeats 7]
 """

@@ -1,4 +1,4 @@
-"""The prepared GPU check (issue 11 §3): one run, one GPU, a few minutes, only torch + transformers + verl-vgpo.
+"""The prepared GPU check: one run, one GPU, a few minutes, only torch + transformers + verl-vgpo.
 
 Measures, and writes to ``--out`` as JSON:
 

@@ -1,4 +1,4 @@
-"""VGPO advantage estimator (spec section 2), vectorised over the whole batch.
+"""VGPO advantage estimator (the paper's equations), vectorised over the whole batch.
 
 Layout follows verl's ``core_algos``: small pure functions that take (bs, response_length) tensors,
 one public estimator, registered in verl's registry under ``vgpo``. No Python loop runs over tokens or
@@ -433,7 +433,7 @@ def compute_vgpo_advantage(
         focus_scores: (bs, L) raw cosines rho aligned with ``response_mask``; NaN rows = no visual token.
         config: verl's ``algorithm`` config (DictConfig, dataclass, dict or None); its ``vgpo`` block
             holds the VGPO keys, ``norm_adv_by_std_in_grpo`` is passed to the base estimator.
-        metrics: optional dict that receives the spec section 6 statistics (keys ``vgpo/...``).
+        metrics: optional dict that receives the ``vgpo/...`` statistics.
         **kwargs: forwarded to the base estimator when it accepts them (e.g. ``epsilon``).
 
     Returns:
@@ -511,7 +511,7 @@ def focus_position_bins(positions: Positions, bins: int = FOCUS_POSITION_BINS) -
 def vgpo_metrics(
     weights: VGPOWeights, focus_scores: torch.Tensor, response_mask: torch.Tensor, cfg: VGPOConfig
 ) -> dict[str, float]:
-    """Spec section 6 statistics, over valid tokens of trajectories that carry a focus signal.
+    """The ``vgpo/*`` statistics, over valid tokens of trajectories that carry a focus signal.
 
     ``vgpo/focus/pos_bin_{k}`` (k = 0..FOCUS_POSITION_BINS-1) is the forgetting curve: the mean raw focus
     rho of the valid tokens whose position fraction u = (t-1)/(T-1) lies in [k/5, (k+1)/5) (the last bin

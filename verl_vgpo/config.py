@@ -42,7 +42,7 @@ class VGPOConfigError(ValueError):
 
 @dataclass(frozen=True)
 class VGPOConfig:
-    """Hyper-parameters of VGPO (spec section 4). Field names are the config keys."""
+    """Hyper-parameters of VGPO (docs/design.md, configuration reference). Field names are the config keys."""
 
     base_estimator: str = "grpo"
     intra_trajectory: bool = True

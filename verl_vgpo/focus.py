@@ -139,7 +139,7 @@ def visual_focus_scores(
     cu_seqlens: torch.Tensor,
     visual_token_ids: Sequence[int],
 ) -> torch.Tensor:
-    """Raw visual focus rho of every packed position (spec section 1, step 1).
+    """Raw visual focus rho of every packed position (the paper's per-token focus).
 
     rho(p) = cos(h_p, v_s), where v_s is the mean last-layer hidden state of the visual tokens (image
     and/or video pads, every image of the sequence together) of the sequence s that holds position p.

@@ -1,4 +1,4 @@
-"""Readable per-row reference of the VGPO formulas (spec section 2).
+"""Readable per-row reference of the VGPO formulas (the paper's equations, arXiv 2604.09349).
 
 Not used in training. Tests compare the vectorised estimator against it, and the benchmark measures the
 vectorised estimator against it, so it is written the straightforward way: one trajectory at a time,

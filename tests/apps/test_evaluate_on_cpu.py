@@ -127,7 +127,7 @@ def test_protocols():
 
 
 def test_easy_vqa_rows_are_scored_by_exact_match_not_the_boxed_math_reward():
-    """Issue 13: every easy-vqa answer used to score 0 (the CLI always used the boxed-math reward)."""
+    """Regression: every easy-vqa answer used to score 0 (the CLI always used the boxed-math reward)."""
     examples = [
         Example(data_source="easy_vqa", index=0, messages=[], images=[], ground_truth="yes"),
         Example(data_source="easy_vqa", index=1, messages=[], images=[], ground_truth="circle"),

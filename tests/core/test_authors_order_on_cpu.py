@@ -1,4 +1,4 @@
-"""Regression test against the authors' order of computation (issue 14 §6).
+"""Regression test against the authors' order of computation .
 
 The authors' implementation (github.com/wzb-bupt/VGPO, commit 63a9a8b, EasyR1-based; the actor's update
 step and the trajectory weighting in its core_algos) computes VGPO in an order that differs from ours.

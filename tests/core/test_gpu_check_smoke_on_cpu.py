@@ -1,7 +1,7 @@
 """benchmarks/gpu_check.py: the --smoke run on the CPU writes every key, and its verl-free GRPO equals verl's.
 
 The GPU check itself needs a GPU; this runs the same code on tiny shapes, in a subprocess (as a user
-runs it), and checks the JSON contract of spec section 7. The GPU box has no verl: the subprocess makes
+runs it), and checks its JSON contract. The GPU box has no verl: the subprocess makes
 verl unimportable (``sys.modules["verl"] = None``), so a hidden verl dependency fails here.
 """
 

@@ -1,4 +1,4 @@
-"""vgpo-evaluate's greedy accuracy equals verl's own validation accuracy (issue 13), end to end on CPU.
+"""vgpo-evaluate's greedy accuracy equals verl's own validation accuracy, end to end on CPU.
 
 One ``main_ppo`` run with ``val_before_train`` and ``val_only`` (no training step) through the documented
 CPU command (``examples/run_vgpo_tiny_cpu.sh``: hf_cpu rollout, verl's agent loop, dataset, reward

@@ -1,7 +1,7 @@
 """vgpo-experiment end to end, with verl's ``algorithm.filter_groups`` on: one seed, 2 steps per algorithm,
 each through verl's real ``main_ppo`` on the warm-started tiny VLM with the strict 0/1 reward.
 
-One pair of runs checks (issue 12 §5, issue 14 §1):
+One pair of runs checks:
 
 * the experiment driver writes report.json / report.md with one entry per seed and each run's own metrics;
 * filter_groups really acts: verl logs evicted groups, and every group the VGPO step trained on has mixed

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow  # launches main_ppo or trains a warm start
 RUN_TIMEOUT_S = 300
 # the random tiny VLM never earns the strict reward: the graded one gives groups different rewards
 RANDOM_MODEL_KNOBS = {"REWARD_FN": "compute_graded_score", "RESPONSE_LENGTH": 16, "WARM_START": 0}
-TRAJECTORY_WEIGHT_CLIP = (0.9, 2.0)  # spec §4 defaults
+TRAJECTORY_WEIGHT_CLIP = (0.9, 2.0)  # VGPOConfig defaults
 TOKEN_WEIGHT_CLIP = (0.1, 2.0)
 
 

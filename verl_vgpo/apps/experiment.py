@@ -31,7 +31,7 @@ from verl_vgpo.data import easy_vqa
 
 REPORT_FORMAT = "vgpo-experiment/1"
 ALGORITHMS = ("grpo", "vgpo")
-FULL = {"seeds": 3, "steps": 40}  # 6 runs of 8-10 min on 2 cores (496-608 s measured): the hour the issue allows (the demo runs 60)
+FULL = {"seeds": 3, "steps": 40}  # 6 runs of 8-10 min on 2 cores: about an hour (docs/experiments.md)
 QUICK = {"seeds": 2, "steps": 10}
 MIN_TIMEOUT_S = 120.0  # below this a run cannot even start Ray and validate once on 2 cores
 

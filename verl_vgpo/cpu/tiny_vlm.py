@@ -192,18 +192,10 @@ class TinyVLMSize:
 
 # Named size presets. "bench" is a mid-size model for timing focus capture (hidden 1024, 8 layers,
 # ~0.1 B parameters without the embedding), still random and offline. "warm" is what the warm start
-# (verl_vgpo.cpu.warm_start) trains and the demo runs: a vision input it can learn from and a model large
-# enough that RL after the warm start moves greedy accuracy. Measured on easy-vqa (200 held-out questions):
-# with the test preset's 4 image tokens and CLIP normalisation the model never names the shape's colour
-# (9.5 %, chance after 400 SFT steps), because each image is ~90 % near-white background (RGB ~242) that
-# dominates the random patch embedding (image features differ by ~1 % between images); with 16 image tokens
-# (64x64 upscaled to 112x112) and the normalisation centred on that background it does (87 % after 400 steps at
-# the test model's sizes; either change alone stays at chance). At those sizes (hidden 64, 2 layers) 20-150
-# RL steps from a 250-step warm start left greedy accuracy within noise (0.64 -> 0.595 .. 0.69); at the sizes
-# below (hidden 128, 4 layers, vision 64) the same warm start scores 0.825 on its own eval set and RL gains
-# +5.5 .. +6.0 points in 60 steps of 16x8 rollouts (plain GRPO probe in verl's data order, data.seed 0-3; +2 .. +7
-# after 40 steps, depending on the order; README "Demo"); hidden 256 learned no better and took 2.4x as long to
-# warm-start.
+# (verl_vgpo.cpu.warm_start) trains and the demo runs: 16 image tokens and a normalisation centred on
+# easy-vqa's near-white background, because with 4 tokens and CLIP's normalisation the background swamps the
+# shape and the model never learns the colour; and a model large enough (hidden 128, 4 layers) that RL after
+# the warm start moves greedy accuracy. The measurements behind these choices are in docs/cpu_demo.md.
 PRESETS: dict[str, TinyVLMSize] = {
     "test": TinyVLMSize(),
     "warm": TinyVLMSize(

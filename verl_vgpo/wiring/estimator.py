@@ -39,7 +39,7 @@ def focus_scores_for_advantage(focus_scores: torch.Tensor) -> Iterator[VGPOStep]
     """Make ``focus_scores`` (bs, response_length) visible to the ``vgpo`` estimator verl calls inside.
 
     verl's ``compute_advantage`` passes a custom estimator only rewards, mask, uid and config; the
-    trainer layer wraps that call in this context. After it, ``step.metrics`` holds spec section 6.
+    trainer layer wraps that call in this context. After it, ``step.metrics`` holds the ``vgpo/*`` statistics.
     """
     step = VGPOStep(focus_scores=focus_scores)
     token = _CURRENT_STEP.set(step)

@@ -64,7 +64,7 @@ from verl_vgpo.wiring.keys import (
 
 logger = logging.getLogger("verl_vgpo")
 
-# metrics this layer adds beside the estimator's (spec section 6: time spent on focus)
+# metrics this layer adds beside the estimator's (time spent on focus)
 FOCUS_FETCH_TIME_METRIC = METRIC_PREFIX + "timing/focus_fetch_s"
 FOCUS_CAPTURE_TIME_METRIC = METRIC_PREFIX + "timing/focus_capture_s"
 NO_SIGNAL_METRIC = METRIC_PREFIX + "no_signal_fraction"
