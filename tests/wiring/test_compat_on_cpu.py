@@ -370,3 +370,160 @@ def test_poll_interval_is_ignored_with_a_warning_when_fixes_are_off(monkeypatch,
     compat.apply_replay_buffer_poll_interval(buffer, OmegaConf.create({"poll_interval": 0.2}))
     assert buffer.poll_interval == 2.0
     assert "is ignored" in caplog.text
+
+
+# --- filter_groups ignores max_num_gen_batches: endless generation (verl 0.9.x) ----------------------------
+
+
+class _GroupsTQ:
+    """The TransferQueue calls verl's ReplayBuffer.sample makes (kv_list, kv_batch_get of rm_scores, kv_clear),
+    over prompt groups that finish at once with the scores ``score_of(prompt_number, rollout)``."""
+
+    def __init__(self, score_of, rollouts: int = 2):
+        self.score_of, self.rollouts = score_of, rollouts
+        self.items: dict[str, dict] = {}
+        self.scores: dict[str, float] = {}
+        self.prompts = 0
+
+    def add_prompts(self, count: int) -> int:
+        for _ in range(count):
+            uid = f"p{self.prompts}"
+            self.items[uid] = {"is_prompt": True, "status": "finished", "global_steps": 1}
+            for rollout in range(self.rollouts):
+                self.items[f"{uid}_{rollout}_0"] = {"global_steps": 1}
+                self.scores[f"{uid}_{rollout}_0"] = self.score_of(self.prompts, rollout)
+            self.prompts += 1
+        return count
+
+    def kv_list(self):
+        return {"train": dict(self.items)}
+
+    def kv_batch_get(self, keys, partition_id, select_fields=None):
+        assert select_fields == ["rm_scores"]
+        return {"rm_scores": [torch.tensor([self.scores[key]]) for key in keys]}
+
+    def kv_clear(self, partition_id, keys):
+        for key in keys:
+            self.items.pop(key, None)
+
+
+class _Endless(Exception):
+    """Raised by the test's refill once far more prompts were asked for than any budget allows."""
+
+
+def _replay_buffer(monkeypatch, fake_tq, train_batch_size, refill):
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.v1 import replay_buffer as replay_buffer_module
+
+    monkeypatch.setattr(replay_buffer_module, "tq", fake_tq)
+    buffer = replay_buffer_module.ReplayBuffer(
+        trainer_mode="sync", trainer_config=OmegaConf.create({}), max_off_policy_threshold=None,
+        max_off_policy_strategy="drop", sampler_kwargs=OmegaConf.create({}), poll_interval=0.0, refill_fn=refill,
+        filter_groups_metric="reward", train_batch_size=train_batch_size, gen_batch_size=1,
+        max_inflight_gen_batches=1,
+    )
+    fake_tq.add_prompts(train_batch_size)  # the step's first batch (prepare_step)
+    return buffer
+
+
+def _filter_groups(max_num_gen_batches):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"enable": True, "metric": "reward", "max_num_gen_batches": max_num_gen_batches})
+
+
+def test_verls_v1_trainer_still_ignores_max_num_gen_batches(monkeypatch):
+    """Every group scores the same: verl's buffer keeps asking for prompts, far past max_num_gen_batches."""
+    from verl.trainer.ppo.v1 import trainer_base
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+    require_versions(compat.FILTER_GROUPS_BUDGET_VERSIONS)
+    assert "max_num_gen_batches" not in inspect.signature(ReplayBuffer.__init__).parameters
+    tree = ast.parse(textwrap.dedent(inspect.getsource(trainer_base.PPOTrainer._build_replay_buffer)))
+    assert "max_num_gen_batches" not in {node.arg for node in ast.walk(tree) if isinstance(node, ast.keyword)}
+
+    fake_tq = _GroupsTQ(lambda prompt, rollout: 0.0)
+
+    def refill(count):
+        if fake_tq.prompts > 100 * 4:  # 100 batches of 4 prompts with max_num_gen_batches=3
+            raise _Endless
+        return fake_tq.add_prompts(count)
+
+    buffer = _replay_buffer(monkeypatch, fake_tq, 4, refill)
+    with pytest.raises(_Endless):  # verl honours the key now: drop the compat section and this test
+        buffer.sample(global_steps=1, partition_id="train", batch_size=4)
+
+
+def test_max_num_gen_batches_stops_a_step_whose_groups_all_score_the_same(monkeypatch):
+    fake_tq = _GroupsTQ(lambda prompt, rollout: 0.0 if prompt % 4 else float(rollout))  # one group in 4 is kept
+    buffer = _replay_buffer(monkeypatch, fake_tq, 4, lambda count: fake_tq.add_prompts(count))
+    compat.apply_filter_groups_budget(buffer, _filter_groups(3), train_batch_size=4)
+    with pytest.raises(compat.FilterGroupsExhaustedError) as raised:
+        buffer.sample(global_steps=1, partition_id="train", batch_size=4)
+    message = str(raised.value)
+    assert fake_tq.prompts == 12  # exactly 3 batches of 4 prompts were generated
+    assert "algorithm.filter_groups" in message and "after 3 generation batches (12 prompts" in message
+    assert "only 3 of 12 finished prompt groups (25.0%) were kept, 4 needed" in message
+
+
+def test_max_num_gen_batches_lets_a_step_that_fills_its_batch_finish(monkeypatch):
+    fake_tq = _GroupsTQ(lambda prompt, rollout: 0.0 if prompt % 2 else float(rollout))  # every other group kept
+    buffer = _replay_buffer(monkeypatch, fake_tq, 4, lambda count: fake_tq.add_prompts(count))
+    compat.apply_filter_groups_budget(buffer, _filter_groups(3), train_batch_size=4)
+    batch, metrics = buffer.sample(global_steps=1, partition_id="train", batch_size=4)
+    assert len({key.split("_")[0] for key in batch.keys}) == 4
+    assert metrics["training/filter_groups/evicted_samples"] >= 2
+    # the next step counts again from its own first batch
+    fake_tq.add_prompts(4)
+    batch, _ = buffer.sample(global_steps=2, partition_id="train", batch_size=4)
+    assert len({key.split("_")[0] for key in batch.keys}) == 4
+
+
+def test_max_num_gen_batches_is_checked_and_off_when_unset(monkeypatch, caplog):
+    from omegaconf import OmegaConf
+
+    assert compat.filter_groups_budget(_filter_groups(10)) == 10
+    for unbounded in (0, -1, None):
+        assert compat.filter_groups_budget(_filter_groups(unbounded)) is None
+    assert compat.filter_groups_budget(OmegaConf.create({"enable": False, "max_num_gen_batches": 3})) is None
+    assert compat.filter_groups_budget(None) is None
+    for bad in (1.5, "3", True):
+        with pytest.raises(ValueError, match="max_num_gen_batches must be an integer"):
+            compat.filter_groups_budget(_filter_groups(bad))
+    buffer = types.SimpleNamespace(sample=None)
+    compat.apply_filter_groups_budget(buffer, _filter_groups(0), train_batch_size=4)  # unbounded: untouched
+    assert buffer.sample is None
+    with pytest.raises(TypeError, match="has no refill_fn"):
+        compat.apply_filter_groups_budget(types.SimpleNamespace(sample=None), _filter_groups(2), train_batch_size=4)
+    monkeypatch.setenv(compat.FIXES_ENV, "0")
+    fake_tq = _GroupsTQ(lambda prompt, rollout: 0.0)
+    buffer = _replay_buffer(monkeypatch, fake_tq, 4, fake_tq.add_prompts)
+    compat.apply_filter_groups_budget(buffer, _filter_groups(3), train_batch_size=4)
+    assert not hasattr(buffer, "vgpo_generation_budget")
+    assert "max_num_gen_batches=3 is ignored" in caplog.text
+
+
+@pytest.mark.parametrize("estimator", ["vgpo", "grpo"])
+@pytest.mark.parametrize("mode", ["sync", "colocate_async", "separate_async"])
+def test_every_trainer_mode_bounds_filter_groups_generation_for_every_estimator(mode, estimator, make_config, fake_tq):
+    """The trainer layer hands max_num_gen_batches to verl's real replay buffer (every mode, every estimator)."""
+    from tests.wiring.test_vgpo_trainer_on_cpu import MODE_OVERRIDES
+    from verl_vgpo.wiring.trainer import VGPO_TRAINERS
+
+    overrides = {**MODE_OVERRIDES[mode], "algorithm.adv_estimator": estimator, "algorithm.filter_groups.enable": True,
+                 "algorithm.filter_groups.metric": "acc"}
+    unbounded = VGPO_TRAINERS[mode](make_config(**overrides)).replay_buffer
+    assert getattr(unbounded, "vgpo_generation_budget", None) is None  # verl's default 0: unbounded
+    bounded = VGPO_TRAINERS[mode](make_config(**overrides, **{"algorithm.filter_groups.max_num_gen_batches": 5}))
+    budget = bounded.replay_buffer.vgpo_generation_budget
+    assert (budget.max_batches, budget.train_batch_size) == (5, bounded.config.data.train_batch_size)
+
+
+@pytest.mark.parametrize("estimator", ["vgpo", "grpo"])
+def test_driver_refuses_a_bad_max_num_gen_batches_before_ray(estimator, make_config):
+    from verl.utils.config import validate_config
+
+    config = make_config(**{"algorithm.adv_estimator": estimator, "algorithm.filter_groups.enable": True,
+                            "algorithm.filter_groups.max_num_gen_batches": 2.5})
+    with pytest.raises(ValueError, match="max_num_gen_batches must be an integer"):
+        validate_config(config, use_reference_policy=False, use_critic=False)

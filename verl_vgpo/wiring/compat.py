@@ -319,6 +319,132 @@ def apply_replay_buffer_poll_interval(replay_buffer: Any, sampler_config: Any) -
 
 
 # ---------------------------------------------------------------------------------------------------
+# verl 0.9.x: with filter_groups on, the V1 trainer ignores max_num_gen_batches and generates forever
+# ---------------------------------------------------------------------------------------------------
+
+FILTER_GROUPS_BUDGET_VERSIONS = {"verl": ">=0.9,<0.10"}
+FILTER_GROUPS_BUDGET_KEY = "max_num_gen_batches"
+
+
+class FilterGroupsExhaustedError(RuntimeError):
+    """Online filtering kept too few prompt groups within ``algorithm.filter_groups.max_num_gen_batches``."""
+
+
+def filter_groups_budget(filter_groups_config: Any) -> int | None:
+    """``algorithm.filter_groups.max_num_gen_batches`` checked: a positive int when filtering is on and the key
+    is set above 0; None when filtering is off or the key is 0 or less / unset (unbounded, as verl documents)."""
+    if filter_groups_config is None or not bool(config_get(filter_groups_config, "enable", False)):
+        return None
+    value = config_get(filter_groups_config, FILTER_GROUPS_BUDGET_KEY)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"algorithm.filter_groups.{FILTER_GROUPS_BUDGET_KEY} must be an integer "
+                         f"(0 or less: unbounded, verl's meaning), got {value!r}")
+    return value if value > 0 else None
+
+
+class _GenerationBudget:
+    """Per training step: prompts dispatched (the step's first batch plus refills) and groups evicted."""
+
+    def __init__(self, max_batches: int, train_batch_size: int, metric: str):
+        self.max_batches, self.train_batch_size, self.metric = max_batches, train_batch_size, metric
+        self.needed = train_batch_size  # groups the step's sample() asks for
+        self.reset()
+
+    def reset(self) -> None:
+        self.prompts, self.evicted, self.exhausted = self.train_batch_size, 0, False
+
+    @property
+    def remaining(self) -> int:
+        return self.max_batches * self.train_batch_size - self.prompts
+
+    def error(self, kept: int, needed: int) -> FilterGroupsExhaustedError:
+        batches = -(-self.prompts // self.train_batch_size)
+        finished = kept + self.evicted
+        share = kept / finished if finished else 0.0
+        return FilterGroupsExhaustedError(
+            f"algorithm.filter_groups: stopped after {batches} generation batches ({self.prompts} prompts, "
+            f"algorithm.filter_groups.{FILTER_GROUPS_BUDGET_KEY}={self.max_batches} of data.train_batch_size="
+            f"{self.train_batch_size}): only {kept} of {finished} finished prompt groups ({share:.1%}) were kept, "
+            f"{needed} needed; the {self.evicted} others scored the same '{self.metric}' on every rollout. Check the "
+            f"reward function and the data's answers (a model that never writes the expected answer format, a "
+            f"broken reward, a wrong data path for the answers), or raise {FILTER_GROUPS_BUDGET_KEY} (0: unbounded)."
+        )
+
+
+def apply_filter_groups_budget(replay_buffer: Any, filter_groups_config: Any, train_batch_size: int) -> None:
+    """Make verl's replay buffer stop with :class:`FilterGroupsExhaustedError` once a training step has
+    dispatched ``max_num_gen_batches`` x ``train_batch_size`` prompts without enough kept groups.
+
+    verl 0.9.1's V1 trainer (``trainer_base.PPOTrainer._build_replay_buffer``) passes no generation limit to
+    its ``ReplayBuffer``: with ``algorithm.filter_groups`` on, ``sample`` evicts every group whose rollouts
+    share one metric value and asks ``refill_fn`` for new prompts, and the dataloader wraps around
+    (``_fetch_one_gen_batch``), so when every group scores the same (a model that never writes the answer
+    format, a broken reward, answers missing from the data) the run generates forever without an error;
+    verl only logs that ``max_num_gen_batches`` is ignored. This wraps four methods of the buffer INSTANCE
+    (no class is changed): ``sample`` starts each step's count at the step's first batch, ``refill_fn``
+    dispatches at most the prompts left in the budget, ``_evict_terminal_groups`` counts evicted groups, and
+    ``_wait_for_next_poll`` raises once the budget is spent and nothing is in flight any more (so prompts
+    already generating still count). A step never stops early while the budget lasts. For every estimator.
+    Counted in prompts of the ``train`` partition; validation is not filtered.
+    """
+    budget = filter_groups_budget(filter_groups_config)
+    if budget is None or not versions_match(**FILTER_GROUPS_BUDGET_VERSIONS):
+        return
+    if not fixes_enabled():
+        logger.warning("verl-vgpo: %s=0: algorithm.filter_groups.%s=%s is ignored (verl generates without limit)",
+                       FIXES_ENV, FILTER_GROUPS_BUDGET_KEY, budget)
+        return
+    for name in ("sample", "refill_fn", "_evict_terminal_groups", "_wait_for_next_poll", "pending_keys"):
+        if not hasattr(replay_buffer, name):
+            raise TypeError(f"{type(replay_buffer).__qualname__} has no {name}: algorithm.filter_groups."
+                            f"{FILTER_GROUPS_BUDGET_KEY} only applies to verl's ReplayBuffer and its subclasses")
+    if getattr(replay_buffer, "vgpo_generation_budget", None) is not None:
+        return
+    state = _GenerationBudget(budget, int(train_batch_size), str(config_get(filter_groups_config, "metric")))
+    replay_buffer.vgpo_generation_budget = state
+    sample, refill, evict, wait = (replay_buffer.sample, replay_buffer.refill_fn,
+                                   replay_buffer._evict_terminal_groups, replay_buffer._wait_for_next_poll)
+
+    @functools.wraps(sample)
+    def budgeted_sample(global_steps, partition_id, batch_size):
+        if partition_id == "train":
+            state.reset()
+        state.needed = batch_size
+        return sample(global_steps=global_steps, partition_id=partition_id, batch_size=batch_size)
+
+    @functools.wraps(refill)
+    def budgeted_refill(num_prompts):
+        if num_prompts > state.remaining:
+            state.exhausted = True
+            num_prompts = state.remaining
+        if num_prompts <= 0:
+            return 0
+        state.prompts += num_prompts
+        return refill(num_prompts)
+
+    @functools.wraps(evict)
+    def counting_evict(global_steps, partition_id, eviction_reasons):
+        result = evict(global_steps, partition_id, eviction_reasons)
+        if partition_id == "train":
+            state.evicted += result[2]
+        return result
+
+    @functools.wraps(wait)
+    def checked_wait(partition_id, last_debug_time):
+        if partition_id == "train" and state.exhausted:
+            in_flight = len(replay_buffer.pending_keys[partition_id]) + len(replay_buffer.running_keys[partition_id])
+            if in_flight == 0:
+                kept = len(replay_buffer.finished_keys[partition_id]) + len(replay_buffer.failure_keys[partition_id])
+                raise state.error(kept, state.needed)
+        return wait(partition_id, last_debug_time)
+
+    replay_buffer.sample, replay_buffer.refill_fn = budgeted_sample, budgeted_refill
+    replay_buffer._evict_terminal_groups, replay_buffer._wait_for_next_poll = counting_evict, checked_wait
+
+
+# ---------------------------------------------------------------------------------------------------
 # the list of fixes, and applying them
 # ---------------------------------------------------------------------------------------------------
 
@@ -348,6 +474,8 @@ FIXES: tuple[Fix, ...] = (
         fix_qwen_vl_one_vision_pass_per_micro_batch),
     Fix("replay_buffer_poll_interval", REPLAY_POLL_VERSIONS,
         "trainer.v1.sampler.poll_interval: the V1 replay buffer's poll (verl: fixed 2 s), only when set"),
+    Fix("filter_groups_max_num_gen_batches", FILTER_GROUPS_BUDGET_VERSIONS,
+        "algorithm.filter_groups.max_num_gen_batches bounds a step's generation batches (verl: ignored, endless)"),
 )
 
 

@@ -10,7 +10,8 @@ Why this hook: main_ppo runs as ``__main__``, so its own functions cannot be pat
 ``validate_config`` with ``from verl.utils.config import validate_config`` right after its first
 ``import verl``, which has already loaded this plugin, so the replaced module attribute is what it calls
 (the same holds for ``main_ppo_v0`` and verl's one_step_off_policy entry). It also checks the replay
-buffer's poll interval that :mod:`verl_vgpo.wiring.compat` adds (for every estimator). For verl 0.9.x;
+buffer's poll interval and ``algorithm.filter_groups.max_num_gen_batches`` that :mod:`verl_vgpo.wiring.compat`
+honours (for every estimator). For verl 0.9.x;
 tests/wiring/test_driver_check_on_cpu.py tells when verl's main no longer calls it before ``ray.init``.
 """
 
@@ -36,6 +37,7 @@ def install_driver_check() -> None:
         if uses_vgpo(config):
             check_vgpo_trainer_config(config)
         compat.replay_poll_interval(config_get(config, "trainer.v1.sampler"))
+        compat.filter_groups_budget(config_get(config, "algorithm.filter_groups"))
         return original(config, *args, **kwargs)
 
     validate_config.vgpo_checks = True  # type: ignore[attr-defined]

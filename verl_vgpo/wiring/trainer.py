@@ -15,7 +15,8 @@ verl's own logic (KL in reward, rollout correction, TQ write-back) stays verl's:
 * ``_log_rollout_data`` (only with ``trainer.rollout_data_dir``): verl's dump, plus
   :data:`FOCUS_DUMP_FILE` per step with each row's token ids, focus and advantages.
 * ``_build_replay_buffer`` (every estimator): verl's, then the poll interval
-  ``trainer.v1.sampler.poll_interval`` that :mod:`.compat` adds, when set.
+  ``trainer.v1.sampler.poll_interval`` that :mod:`.compat` adds, when set, and the generation limit
+  ``algorithm.filter_groups.max_num_gen_batches`` that verl's V1 trainer ignores (:mod:`.compat`).
 
 With any other estimator the VGPO methods delegate straight to verl. :func:`check_vgpo_trainer_config`
 (settings VGPO cannot serve) runs at trainer construction and, through :mod:`.driver`, in the driver
@@ -287,6 +288,9 @@ class VGPOTrainerMixin:
         replay_buffer = super()._build_replay_buffer()
         # for every estimator (GRPO runs compared with VGPO ones wait the same way)
         compat.apply_replay_buffer_poll_interval(replay_buffer, config_get(self.config, "trainer.v1.sampler"))
+        # for every estimator: a step stops after algorithm.filter_groups.max_num_gen_batches (verl ignores it)
+        compat.apply_filter_groups_budget(replay_buffer, config_get(self.config, "algorithm.filter_groups"),
+                                          config_get(self.config, "data.train_batch_size"))
         return replay_buffer
 
     def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
