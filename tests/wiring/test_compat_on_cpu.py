@@ -527,3 +527,51 @@ def test_driver_refuses_a_bad_max_num_gen_batches_before_ray(estimator, make_con
                             "algorithm.filter_groups.max_num_gen_batches": 2.5})
     with pytest.raises(ValueError, match="max_num_gen_batches must be an integer"):
         validate_config(config, use_reference_policy=False, use_critic=False)
+
+
+# --- packed Qwen2/2.5-VL attention returns bf16 into fp32 layers (verl 0.9.x) ---------------------------------
+
+
+def _packed_attention_inputs():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 7, 2, 8) for _ in range(3))
+    position_ids = torch.tensor([[0, 1, 2, 0, 1, 2, 3]])  # two packed sequences: verl's varlen branch
+    return q, k, v, position_ids
+
+
+def _flash_kernels(monkeypatch, qwen2_vl):
+    """flash-attn's varlen kernel contract (fp16 / bf16 in, the same dtype out), as the stand-in computes it."""
+    from verl_vgpo.testing import flash_attn_standin
+
+    monkeypatch.setattr(qwen2_vl, "flash_attn_varlen_func", flash_attn_standin.flash_attn_varlen_func, raising=False)
+    monkeypatch.setattr(qwen2_vl, "_flash_supports_window_size", True, raising=False)
+    monkeypatch.setattr(qwen2_vl, "_flash_supports_deterministic", True, raising=False)
+
+
+def test_verls_packed_qwen2_vl_attention_still_returns_bf16_for_fp32_inputs(monkeypatch):
+    import verl.models.transformers.qwen2_vl as qwen2_vl
+
+    require_versions(compat.QWEN2_VL_FLASH_OUTPUT_DTYPE_VERSIONS)
+    _flash_kernels(monkeypatch, qwen2_vl)
+    original = getattr(qwen2_vl._custom_flash_attention_forward, "__wrapped__", qwen2_vl._custom_flash_attention_forward)
+    q, k, v, position_ids = _packed_attention_inputs()
+    out = original(q, k, v, None, query_length=7, is_causal=True, position_ids=position_ids)
+    assert out.dtype == torch.bfloat16  # verl returns its inputs' dtype now: drop the compat section and this test
+
+
+def test_packed_qwen2_vl_attention_fix_returns_the_inputs_dtype(monkeypatch):
+    import verl.models.transformers.qwen2_vl as qwen2_vl
+
+    require_versions(compat.QWEN2_VL_FLASH_OUTPUT_DTYPE_VERSIONS)
+    compat.fix_qwen2_vl_flash_attention_output_dtype()
+    assert qwen2_vl._custom_flash_attention_forward.vgpo_output_dtype_fix
+    _flash_kernels(monkeypatch, qwen2_vl)
+    q, k, v, position_ids = _packed_attention_inputs()
+    out = qwen2_vl._custom_flash_attention_forward(q, k, v, None, query_length=7, is_causal=True, position_ids=position_ids)
+    original = qwen2_vl._custom_flash_attention_forward.__wrapped__
+    expected = original(q, k, v, None, query_length=7, is_causal=True, position_ids=position_ids)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected.float(), rtol=0, atol=0)
+    bf16 = [t.to(torch.bfloat16) for t in (q, k, v)]
+    assert qwen2_vl._custom_flash_attention_forward(*bf16, None, query_length=7, is_causal=True,
+                                                    position_ids=position_ids).dtype == torch.bfloat16

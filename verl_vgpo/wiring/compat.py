@@ -272,6 +272,45 @@ def _one_vision_pass(original):
 
 
 # ---------------------------------------------------------------------------------------------------
+# verl 0.9.x: packed Qwen2/2.5-VL attention returns bf16 into fp32 layers when param_dtype is fp32
+# ---------------------------------------------------------------------------------------------------
+
+QWEN2_VL_FLASH_OUTPUT_DTYPE_VERSIONS = {"verl": ">=0.9,<0.10"}
+
+
+def fix_qwen2_vl_flash_attention_output_dtype() -> None:
+    """Give verl's packed Qwen2/2.5-VL attention output back in the dtype of its inputs.
+
+    For: verl 0.9.x (``verl.models.transformers.qwen2_vl._custom_flash_attention_forward``, the attention of
+    ``use_remove_padding=True`` / Ulysses runs). It casts fp32 query/key/value to bf16 for flash-attn
+    (``fa_peft_integration_check(..., target_dtype=torch.bfloat16)``), and flash-attn returns bf16; under
+    autocast (param_dtype bf16, verl's default) that is harmless, but with
+    ``fsdp_config.mixed_precision.param_dtype=fp32`` verl runs the forward without autocast and the next
+    ``o_proj`` multiplies a bf16 input with fp32 weights: "expected m1 and m2 to have the same dtype" (found by
+    the CPU smoke run of the 7B recipe with fp32 compute; flash-attn itself takes only fp16 / bf16, so the
+    attention inputs stay rounded to bf16 as verl intends). This wrapper casts the output to the query's
+    dtype; bf16 / fp16 runs see no change. verl's own function stays reachable as ``__wrapped__``.
+    """
+    if not versions_match(**QWEN2_VL_FLASH_OUTPUT_DTYPE_VERSIONS):
+        return
+    try:
+        import verl.models.transformers.qwen2_vl as qwen2_vl
+    except ImportError:
+        return
+    original = getattr(qwen2_vl, "_custom_flash_attention_forward", None)
+    if original is None or getattr(original, "vgpo_output_dtype_fix", False):
+        return
+
+    @functools.wraps(original)
+    def custom_flash_attention_forward(query_states, key_states, value_states, *args, **kwargs):
+        output = original(query_states, key_states, value_states, *args, **kwargs)
+        return output.to(query_states.dtype) if output.dtype != query_states.dtype else output
+
+    custom_flash_attention_forward.vgpo_output_dtype_fix = True  # type: ignore[attr-defined]
+    qwen2_vl._custom_flash_attention_forward = custom_flash_attention_forward
+
+
+# ---------------------------------------------------------------------------------------------------
 # verl 0.9.x: the V1 trainer's replay buffer polls every 2 s, with no setting to change it
 # ---------------------------------------------------------------------------------------------------
 
@@ -472,6 +511,9 @@ FIXES: tuple[Fix, ...] = (
     Fix("qwen_vl_one_vision_pass", ONE_VISION_PASS_VERSIONS,
         "one vision-tower pass per micro-batch with images and videos (FSDP ranks issue the same collectives)",
         fix_qwen_vl_one_vision_pass_per_micro_batch),
+    Fix("qwen2_vl_flash_attention_output_dtype", QWEN2_VL_FLASH_OUTPUT_DTYPE_VERSIONS,
+        "packed Qwen2/2.5-VL attention returns its inputs' dtype (fp32 param_dtype no longer crashes in o_proj)",
+        fix_qwen2_vl_flash_attention_output_dtype),
     Fix("replay_buffer_poll_interval", REPLAY_POLL_VERSIONS,
         "trainer.v1.sampler.poll_interval: the V1 replay buffer's poll (verl: fixed 2 s), only when set"),
     Fix("filter_groups_max_num_gen_batches", FILTER_GROUPS_BUDGET_VERSIONS,
