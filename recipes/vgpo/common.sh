@@ -1,8 +1,11 @@
 # Sourced by the run_*.sh scripts of this recipe: shared defaults, a start-up check and the main_ppo call.
 # A script sets MODEL_PATH (and NNODES where its default is not 1), sources this file, then calls
 #   run_main_ppo <its own overrides> "$@"
+# SMOKE=cpu runs the same config on a CPU-only machine with only the hardware swapped (verl_vgpo.apps.smoke).
 
 PYTHON=${PYTHON:-python3}
+# sourced without arguments, this file sees the script's own: the user's extra overrides (they come last)
+USER_ARGC=$#
 DATA_DIR=${DATA_DIR:-$HOME/data}
 TRAIN_FILES=${TRAIN_FILES:-$DATA_DIR/virl39k/train.parquet}
 VAL_FILES=${VAL_FILES:-$DATA_DIR/mmk12/test.parquet}
@@ -35,7 +38,11 @@ if (( (128 * 8) % (NNODES * GPUS_PER_NODE) != 0 )); then
 fi
 
 run_main_ppo() {
-    "$PYTHON" -m verl.trainer.main_ppo \
+    local main=(-m verl.trainer.main_ppo)
+    if [[ -n "${SMOKE:-}" ]]; then
+        main=(-m verl_vgpo.apps.smoke --script "$0" --user-args "$USER_ARGC" --)
+    fi
+    "$PYTHON" "${main[@]}" \
         --config-path="$RECIPE_DIR/config" \
         --config-name=vgpo_trainer \
         data.train_files="$TRAIN_FILES" \
