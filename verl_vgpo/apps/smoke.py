@@ -347,6 +347,22 @@ def describe(plan: SmokePlan) -> str:
     return "\n".join(lines)
 
 
+def write_smoke_data(data_dir: Path) -> None:
+    """easy-vqa train / test parquet files with one row per question text: a dumped prompt (its token ids) then
+    names its row and image unambiguously, which the end-to-end focus recompute relies on."""
+    import pandas as pd
+
+    from verl_vgpo.data.easy_vqa import build_rows
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for split, size in (("train", TRAIN_ROWS), ("test", VAL_ROWS)):
+        rows = pd.DataFrame(build_rows(split, 6 * size, seed=0))
+        rows = rows[~rows["extra_info"].map(lambda info: info["question"]).duplicated()].head(size)
+        if len(rows) < size:
+            raise SmokeError(f"easy-vqa's {split} split has only {len(rows)} distinct questions, {size} needed")
+        rows.to_parquet(data_dir / f"{split}.parquet")
+
+
 def prepare(plan: SmokePlan) -> None:
     """Build the cached tiny model and data files the plan needs (no-ops when present)."""
     if plan.build_model and not (plan.model_path / "config.json").is_file():
@@ -355,9 +371,7 @@ def prepare(plan: SmokePlan) -> None:
         print(f"SMOKE=cpu: building a random tiny {plan.family} model in {plan.model_path}", flush=True)
         build_tiny_vlm(plan.model_path, seed=0, family=plan.family)
     if plan.data_dir is not None and not (plan.data_dir / "test.parquet").is_file():
-        from verl_vgpo.data.easy_vqa import write_splits
-
-        write_splits(plan.data_dir, train_size=TRAIN_ROWS, val_size=VAL_ROWS)
+        write_smoke_data(plan.data_dir)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     metrics = Path(plan.env["VERL_FILE_LOGGER_PATH"])
     if metrics.exists() and not any("resume_mode" in key for key in plan.user_keys):
