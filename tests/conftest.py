@@ -12,6 +12,16 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 
 
+def pytest_report_header(config):
+    """The CPU dtype every main_ppo run of the session gets from the run script (verl_vgpo.cpu.dtype)."""
+    from verl_vgpo.cpu import dtype
+
+    try:
+        return dtype.describe(dtype.host_dtype())
+    except ValueError as error:
+        return f"verl-vgpo CPU dtype: {error}"
+
+
 @pytest.fixture(scope="session")
 def tiny_vlm_path(tmp_path_factory):
     """One tiny offline Qwen2.5-VL checkpoint (random weights, local tokenizer) per test session."""

@@ -34,6 +34,7 @@ from verl_vgpo.apps.runner import (  # noqa: F401  (RUN_SCRIPT, read_metrics, ru
     RUN_SCRIPT,
     STEP_TIME_METRIC,
     RunError,
+    cpu_dtype_line,
     read_metrics,
     run_main_ppo,
 )
@@ -330,6 +331,7 @@ def main(argv=None) -> int:
              "MODEL_FAMILY": args.family}
     start = time.monotonic()
     try:
+        print(cpu_dtype_line(), flush=True)
         prepare_inputs(model_dir, data_dir, args.family, knobs["TRAIN_SIZE"], args.val_size, questions=args.questions,
                        **given_folders_as_they_are(args.model_dir is not None, model_dir,
                                                    args.data_dir is not None, data_dir))

@@ -25,6 +25,9 @@
 #   sampler.poll_interval=0.2              verl's replay buffer checks for finished rollouts every 2 s (no
 #                                          setting; verl_vgpo.wiring.compat adds one): gen 6.0 -> 5.3 s a step
 #                                          (change it with trainer.v1.sampler.poll_interval=X, without '+')
+#   actor/ref param_dtype=fp32             verl's bf16 default is slower on every CPU measured, by far without
+#                                          native bf16 (docs/benchmarks.md); verl_vgpo.cpu.dtype prints the choice;
+#                                          VGPO_CPU_DTYPE=bf16 keeps bf16, an explicit param_dtype override wins
 set -euo pipefail
 
 ALGO=${ALGO:-vgpo}
@@ -68,6 +71,11 @@ fi
   --local_save_dir "$DATA_DIR" --train_size "$TRAIN_SIZE" --val_size "$VAL_SIZE"
 
 mkdir -p "$OUT_DIR"
+DTYPE_OVERRIDES=()
+case " $* " in
+  *mixed_precision.param_dtype=*) echo "run_vgpo_tiny_cpu.sh: actor/ref dtype as given in the overrides" >&2 ;;
+  *) DTYPE_LINES=$("$PYTHON" -m verl_vgpo.cpu.dtype --describe); DTYPE_OVERRIDES=($DTYPE_LINES) ;;
+esac
 export VERL_PLATFORM=cpu
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export TOKENIZERS_PARALLELISM=false
@@ -120,4 +128,5 @@ exec "$PYTHON" -m verl.trainer.main_ppo \
   +ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM=cpu \
   +ray_kwargs.ray_init.num_gpus=1 \
   +ray_kwargs.ray_init.resources.verl_cpu_device=1 \
+  "${DTYPE_OVERRIDES[@]}" \
   "$@"

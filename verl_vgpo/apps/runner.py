@@ -62,6 +62,17 @@ def _parse_console_metrics(text: str) -> dict[str, float]:
     return metrics
 
 
+def cpu_dtype_line() -> str:
+    """The actor dtype the run script will choose on this host (:mod:`verl_vgpo.cpu.dtype`), as the line it
+    prints; printed at the start of the demo and the experiment. A bad ``VGPO_CPU_DTYPE`` is a RunError."""
+    from verl_vgpo.cpu import dtype
+
+    try:
+        return dtype.describe(dtype.host_dtype())
+    except ValueError as error:
+        raise RunError(str(error)) from error
+
+
 def run_main_ppo(algo: str, steps: int, out_dir: Path, model_dir: Path, data_dir: Path, timeout_s: float,
                  extra_overrides: list[str] | None = None, quiet: bool = False, knobs: dict | None = None,
                  run_name: str | None = None, cwd: Path | None = None) -> dict:

@@ -1,10 +1,14 @@
-"""The compute dtype of CPU runs: bf16 only where the host multiplies bf16 matrices natively.
+"""The compute dtype of CPU runs: fp32 unless ``VGPO_CPU_DTYPE=bf16`` asks for bf16.
 
-On a CPU without AVX512-BF16 / AMX, torch runs bf16 matrix products on a slow fallback path, so the
-actor's FSDP mixed precision (verl's default: bf16 parameters) is replaced by fp32 there. The rollout
-server (``hf_cpu``) always generates in fp32. ``VGPO_CPU_DTYPE=bf16|fp32`` overrides the choice.
+verl's FSDP engines compute in bf16 by default (mixed precision: bf16 parameters under autocast). On a
+CPU without AVX512-BF16 / AMX, torch runs bf16 matrix products on a slow fallback path; on a CPU with
+them, the tiny models of the CPU runs still train faster in fp32 (docs/benchmarks.md gives both
+measurements). So every CPU run (run script, demo, experiment, smoke runs, e2e tests) gives the actor and
+reference engines fp32 parameters; the ``hf_cpu`` rollout server always generates in fp32.
+``VGPO_CPU_DTYPE=bf16|fp32`` overrides the choice.
 
-    python -m verl_vgpo.cpu.dtype            # prints the Hydra overrides for this host, one per line
+    python -m verl_vgpo.cpu.dtype              # prints the Hydra overrides for this host, one per line
+    python -m verl_vgpo.cpu.dtype --describe   # the same, and the choice and why on stderr (the run script)
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 
 DTYPE_ENV = "VGPO_CPU_DTYPE"
 DTYPES = ("bf16", "fp32")
+DEFAULT_DTYPE = "fp32"
 
 
 def host_has_native_bf16() -> bool:
@@ -24,13 +29,13 @@ def host_has_native_bf16() -> bool:
 
 
 def host_dtype() -> str:
-    """``bf16`` or ``fp32`` for this host (``VGPO_CPU_DTYPE`` wins); a bad value is an error."""
+    """``bf16`` or ``fp32`` for this host (``VGPO_CPU_DTYPE`` wins, else fp32); a bad value is an error."""
     chosen = os.environ.get(DTYPE_ENV, "").strip().lower()
     if chosen:
         if chosen not in DTYPES:
             raise ValueError(f"{DTYPE_ENV} must be one of {DTYPES}, got {chosen!r}")
         return chosen
-    return "bf16" if host_has_native_bf16() else "fp32"
+    return DEFAULT_DTYPE
 
 
 def dtype_overrides(dtype: str) -> list[str]:
@@ -40,12 +45,26 @@ def dtype_overrides(dtype: str) -> list[str]:
     return [f"+actor_rollout_ref.{role}.fsdp_config.mixed_precision.param_dtype={dtype}" for role in ("actor", "ref")]
 
 
-def main() -> int:
+def describe(dtype: str) -> str:
+    """One line for the start of a run: the dtypes chosen, what the CPU offers, and where the choice came from."""
+    import torch
+
+    source = f"{DTYPE_ENV}={os.environ[DTYPE_ENV].strip()}" if os.environ.get(DTYPE_ENV, "").strip() else \
+        f"default; {DTYPE_ENV}=bf16 to change"
+    native = "yes" if host_has_native_bf16() else "no"
+    return (f"verl-vgpo CPU dtype: actor/ref {dtype}, hf_cpu rollout fp32 ({source}; torch CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}, native bf16 matmul: {native})")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
         dtype = host_dtype()
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if "--describe" in argv:
+        print(describe(dtype), file=sys.stderr, flush=True)
     print("\n".join(dtype_overrides(dtype)))
     return 0
 
