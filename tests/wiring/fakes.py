@@ -9,7 +9,7 @@ What is faked and why (everything else is verl's real code):
   test_fake_transfer_queue_on_cpu.py checks these behaviours against the real client.
 * The actor worker group: the real one is a set of Ray actors running the FSDP engine. ``FakeActorWorkerGroup``
   records the ``extra_info`` of every call and writes what the engine writes into TQ: full-sequence
-  ``log_probs`` / ``entropy`` and, when asked by the capture flag, the full-sequence focus field and the
+  ``log_probs`` / ``entropy`` and, when asked by the capture flag, the response-only focus field and the
   per-row capture seconds (two fake micro-batches, each one's time split over its rows by token count).
 * Replay buffer sampling, reward loop and checkpoint manager: they drive rollout servers.
 """
@@ -115,15 +115,16 @@ class FakeActorWorkerGroup:
     """Records every call's ``extra_info`` and writes the engine's outputs to the fake TQ.
 
     ``focus_mode`` says what the fake engine writes when the capture flag is set:
-    "full" (the contract: one value per position of the full sequence), "none" (the plugin is not
-    loaded in the worker), "response_only" (a wrong layout).
+    "response_only" (the contract: one value per response token, taken at the token's own position of
+    the full sequence), "none" (the plugin is not loaded in the worker), "full" (a wrong layout: every
+    position of the sequence).
     """
 
     def __init__(self, fake_tq: FakeTransferQueue, row_of_key: dict[str, int], images: dict[str, bool]):
         self.fake_tq = fake_tq
         self.row_of_key = row_of_key
         self.images = images
-        self.focus_mode = "full"
+        self.focus_mode = "response_only"
         self.focus_seconds_per_micro_batch = (0.25, 0.5)
         self.calls: list[tuple[str, dict]] = []
         self._dispatch_info = {"actor": [0]}  # one data-parallel rank

@@ -49,7 +49,9 @@ def test_focus_is_float32_math_on_the_bf16_hidden_state(bf16_worker, samples):  
     cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
     input_ids = torch.cat([s.input_ids for s in samples])
     visual_ids = visual_token_ids(engine.model_config.hf_config)
-    expected = focus_of_padded(recorded[0], cu_seqlens, input_ids, visual_ids)
+    full = focus_of_padded(recorded[0], cu_seqlens, input_ids, visual_ids)
+    # the engine's field holds each row's response tokens only
+    expected = torch.cat([full[end - s.response_length : end] for s, end in zip(samples, cu_seqlens[1:].tolist())])
 
     focus = output[FOCUS_OUTPUT_KEY]
     assert focus.dtype == torch.float32

@@ -244,15 +244,14 @@ def _infer(group, samples, order, **settings):
     return [by_row[i] for i in range(len(samples))], micro_batches_per_rank
 
 
-def _response_focus(full_focus_rows, samples):
+def _response_focus(focus_rows, samples):
     from verl_vgpo.wiring.trainer import response_aligned_focus
 
-    focus = torch.nested.as_nested_tensor(full_focus_rows, layout=torch.jagged)
+    focus = torch.nested.as_nested_tensor(focus_rows, layout=torch.jagged)
     response_mask = torch.nested.as_nested_tensor(
         [torch.ones(s.response_length, dtype=torch.int64) for s in samples], layout=torch.jagged
     )
-    lengths = torch.tensor([len(s.input_ids) for s in samples])
-    return response_aligned_focus(focus, response_mask, sequence_lengths=lengths)
+    return response_aligned_focus(focus, response_mask)
 
 
 def _response_mask_and_rewards(samples):

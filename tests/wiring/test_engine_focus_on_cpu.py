@@ -142,8 +142,10 @@ def _check_against_references(output, samples, references):
     focus, log_probs = output[FOCUS_OUTPUT_KEY], output["log_probs"]
     assert focus.is_nested and focus.dtype == torch.float32
     for i, (sample, (ref_log_probs, ref_focus)) in enumerate(zip(samples, references)):
-        assert focus[i].shape == log_probs[i].shape == sample.input_ids.shape, sample.name
-        _assert_close_with_nan(focus[i], ref_focus, TOLERANCE, f"focus of {sample.name}")
+        assert log_probs[i].shape == sample.input_ids.shape, sample.name
+        # focus: the response tokens only, each at its own position (the reference covers every position)
+        assert focus[i].shape == (sample.response_length,), sample.name
+        _assert_close_with_nan(focus[i], ref_focus[-sample.response_length :], TOLERANCE, f"focus of {sample.name}")
         _assert_close_with_nan(log_probs[i][:-1], ref_log_probs, TOLERANCE, f"log_probs of {sample.name}")
 
 

@@ -73,3 +73,21 @@ def test_dump_order_is_numeric_in_rollout_and_output_index_like_verls():
     # rollout 10 before rollout 2
     assert sorted(keys, key=_dump_sort_key) == ["pad3_0_0", "q0_1_0", "q0_1_1", "q1_2_0", "q1_10_0"]
     assert sorted(keys) != sorted(keys, key=_dump_sort_key)
+
+
+def test_vgpo_dump_is_written_by_verls_dump_executor_not_in_the_loop(make_config, make_rig, tmp_path):
+    import threading
+
+    rig = make_rig(PPOTrainerSyncWithVGPO, make_config(**{"algorithm.adv_estimator": "vgpo"}), SEQUENCES)
+    rig.trainer.tokenizer = DecodingTokenizer()
+    rig.trainer._init_dump_executor()
+    batch = rig.trainer.step({}, {})
+    gate = threading.Event()
+    rig.trainer._dump_executor.submit(gate.wait)  # the executor's one thread is busy until the gate opens
+    try:
+        rig.trainer._log_rollout_data(batch, {}, str(tmp_path))  # returns although nothing could be written yet
+        assert not (tmp_path / FOCUS_DUMP_FILE.format(step=1)).exists()
+    finally:
+        gate.set()
+    rig.trainer._shutdown_dump_executor()  # verl drains its executor at the end of training
+    assert len(read_jsonl(tmp_path / FOCUS_DUMP_FILE.format(step=1))) == len(SEQUENCES)

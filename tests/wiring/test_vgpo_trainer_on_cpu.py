@@ -286,10 +286,10 @@ def test_a_first_batch_without_any_image_is_refused_later_text_only_batches_are_
     assert metrics[METRIC_PREFIX + "no_signal_fraction"] == 1.0
 
 
-def test_focus_over_the_response_only_is_rejected(make_config, make_rig):
+def test_focus_over_the_full_sequence_is_rejected(make_config, make_rig):
     rig = make_rig(PPOTrainerSyncWithVGPO, make_config())
-    rig.workers.focus_mode = "response_only"
-    with pytest.raises(FocusLayoutError, match=r"that sequence has 9 tokens \(prompt \+ response\)"):
+    rig.workers.focus_mode = "full"
+    with pytest.raises(FocusLayoutError, match=r"focus row 0 has 9 positions but its response has \d+ tokens"):
         rig.trainer.step({}, {})
 
 

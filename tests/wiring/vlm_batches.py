@@ -199,6 +199,8 @@ def build_batch(samples, **non_tensor):
             "input_ids": nested([s.input_ids for s in samples]),
             "position_ids": nested([s.position_ids for s in samples]),
             "loss_mask": nested(loss_masks),
+            # as verl's V1 trainer stores it: one row of response length (the engine cuts focus with it)
+            "response_mask": nested([torch.ones(s.response_length, dtype=torch.int64) for s in samples]),
             "multi_modal_inputs": [dict(s.multi_modal_inputs) for s in samples],
         },
         non_tensor_dict={"temperature": 1.0, "calculate_entropy": False, "compute_loss": False, **non_tensor},

@@ -9,11 +9,14 @@ while the forward runs, and the engine adds the result to its output dict beside
 * only when the batch's extra info carries ``CAPTURE_FOCUS_FLAG`` and only in forward-only passes
   (reference and update passes never capture; the trainer sets the flag for the old-log-prob pass
   only and must remove it afterwards, because the reference pass reuses the same extra info);
-* the field ``FOCUS_OUTPUT_KEY`` is a jagged nested tensor over the FULL sequence (prompt +
-  response), same layout as ``log_probs``, so verl's worker bridge gathers it, restores the row order
-  (also under dynamic batch size) and writes it to TransferQueue under its own name. Unlike
-  ``log_probs`` (position p holds the log-prob of token p+1), focus is NOT shifted: position p holds
-  the focus of token p itself, so a response of length R is ``focus[end-R:end]``;
+* the field ``FOCUS_OUTPUT_KEY`` is a jagged nested tensor over each row's RESPONSE tokens only (the
+  estimator reads nothing else; a full-sequence field would carry the prompt too, about three times the
+  bytes at the 7B recipe's lengths). Column t of row i is the focus of response token t at its own
+  position ``end_i - R_i + t`` of the sequence, where R_i is the length of the row's ``response_mask``
+  (verl's trainer slices log-probs with the same lengths; unlike ``log_probs``, whose position p holds
+  the log-prob of token p+1, focus is not shifted). The cut uses only the row's own offsets, so it
+  does not depend on micro-batching; verl's worker bridge gathers the per-row field, restores the row
+  order (also under dynamic batch size) and writes it to TransferQueue under its own name;
 * seconds spent on focus go beside it as the per-row field ``FOCUS_SECONDS_KEY`` (each micro-batch's
   time split over its rows in proportion to their token counts, so the trainer sums rows to get the
   total over micro-batches and data-parallel ranks) and as the engine metric ``FOCUS_TIME_KEY`` (one
@@ -91,16 +94,46 @@ class FocusCaptureMixin:
             raise FocusCaptureError("the model's final norm never ran during the forward; no focus scores")
 
         start = time.perf_counter()
-        focus, cu_seqlens = hook.focus, hook.cu_seqlens
-        if focus.shape[0] != int(cu_seqlens[-1]):
-            raise FocusCaptureError(f"focus has {focus.shape[0]} positions for {int(cu_seqlens[-1])} tokens")
+        focus, cu_seqlens = hook.focus, hook.cu_seqlens.to(hook.focus.device)
+        response_mask = micro_batch.get("response_mask", None)
+        if not (isinstance(response_mask, torch.Tensor) and response_mask.is_nested):
+            raise FocusCaptureError(
+                "focus capture needs the micro-batch's response_mask (a jagged nested tensor, one row of response "
+                f"length per sequence, as verl's V1 trainer stores it); got {type(response_mask).__name__}"
+            )
         # stays on the model's device like log_probs (the worker bridge moves everything at the end)
-        cu_seqlens = cu_seqlens.to(focus.device)
-        output["model_output"][FOCUS_OUTPUT_KEY] = torch.nested.nested_tensor_from_jagged(focus, cu_seqlens)
+        output["model_output"][FOCUS_OUTPUT_KEY] = response_focus(focus, cu_seqlens, response_mask)
         seconds = hook.seconds + (time.perf_counter() - start)
         output["model_output"][FOCUS_SECONDS_KEY] = seconds_per_row(seconds, cu_seqlens)
         output["metrics"][FOCUS_TIME_KEY] = seconds
         return loss, output
+
+
+def response_focus(focus: torch.Tensor, cu_seqlens: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """The response part of each row of a micro-batch's packed focus.
+
+    Args:
+        focus: (total_tokens,) float32 focus of every position of the B packed sequences.
+        cu_seqlens: (B + 1,) int64 offsets of the sequences in ``focus``.
+        response_mask: jagged nested (B, R_i): its row lengths are the response lengths.
+
+    Returns:
+        jagged nested (B, R_i) float32: row i holds ``focus[cu_seqlens[i+1] - R_i : cu_seqlens[i+1]]``.
+        The gather index is built on the device from the offsets (no host round trip); its size is the
+        response mask's own number of values.
+    """
+    response_offsets = response_mask.offsets().to(device=focus.device, dtype=torch.int64)
+    total = response_mask.values().shape[0]
+    if response_offsets.numel() != cu_seqlens.numel():
+        raise FocusCaptureError(
+            f"response_mask has {response_offsets.numel() - 1} rows but the micro-batch has {cu_seqlens.numel() - 1}"
+        )
+    response_lengths = response_offsets.diff()
+    positions = torch.arange(total, device=focus.device)
+    rows = torch.searchsorted(response_offsets[1:], positions, right=True)
+    # position of response token t of row i in the packed sequence: end_i - R_i + t
+    index = positions + (cu_seqlens[1:] - response_lengths - response_offsets[:-1])[rows]
+    return torch.nested.nested_tensor_from_jagged(focus[index], response_offsets)
 
 
 def seconds_per_row(seconds: float, cu_seqlens: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,8 @@ verl's own logic (KL in reward, rollout correction, TQ write-back) stays verl's:
   :func:`verl_vgpo.wiring.estimator.focus_scores_for_advantage`, then adds the estimator's metrics to
   the step metrics.
 * ``_log_rollout_data`` (only with ``trainer.rollout_data_dir``): verl's dump, plus
-  :data:`FOCUS_DUMP_FILE` per step with each row's token ids, focus and advantages.
+  :data:`FOCUS_DUMP_FILE` per step with each row's token ids, focus and advantages, written by verl's
+  dump executor (its thread) like verl's own file.
 * ``_build_replay_buffer`` (every estimator): verl's, then the poll interval
   ``trainer.v1.sampler.poll_interval`` that :mod:`.compat` adds, when set, and the generation limit
   ``algorithm.filter_groups.max_num_gen_batches`` that verl's V1 trainer ignores (:mod:`.compat`).
@@ -30,7 +31,8 @@ verl surface this relies on (identical in verl 0.9.0 and 0.9.1, checked method b
 ``PPOTrainerSeparateAsync._compute_old_log_prob`` (calls the base one), ``PPOTrainer._compute_advantage``
 (reads ``response_mask`` for ``batch.keys`` from TQ, pads it, calls ``compute_advantage`` in the same
 thread for non-GRPO estimators), ``PPOTrainer._build_replay_buffer()`` (called once from ``__init__``; its
-buffer reads ``poll_interval`` on every poll), ``TRAINER_REGISTRY``, ``RayPPOTrainer.__init__(config, ...)``, and the
+buffer reads ``poll_interval`` on every poll), ``_dump_executor`` / ``_dump_futures`` (verl 0.9.1: the
+single-thread executor of the rollout dump, drained at the end of training), ``TRAINER_REGISTRY``, ``RayPPOTrainer.__init__(config, ...)``, and the
 worker bridge writing every per-row model-output field of the engine to TQ.
 """
 
@@ -159,70 +161,50 @@ LEGACY_TRAINER_MESSAGE = (
 # --------------------------------------------------------------------------------------------------
 
 
-def response_aligned_focus(
-    full_focus: torch.Tensor,
-    response_mask: torch.Tensor,
-    sequence_lengths: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """Cut each sequence's response part out of the engine's full-sequence focus field.
+def response_aligned_focus(focus: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Pad the engine's response-only focus field to the response mask that verl's ``_compute_advantage`` pads.
 
     Args:
-        full_focus: jagged nested tensor (bs, prompt_len_i + response_len_i): the raw cosine of every
-            position of the full sequence, as the engine writes it (same layout as ``log_probs``).
+        focus: jagged nested tensor (bs, response_len_i) as the engine writes it: the raw cosine of each
+            response token at its own position (:func:`verl_vgpo.wiring.engine.response_focus`).
         response_mask: jagged nested tensor (bs, response_len_i) as stored in TransferQueue.
-        sequence_lengths: optional (bs,) expected full lengths (prompt + response), checked when given.
 
     Returns:
-        (bs, max_i response_len_i) float32, aligned with ``response_mask.to_padded_tensor()``: column t of
-        row i is the focus of response token t at its OWN position ``end_i - R_i + t``. (verl's
-        ``response_from_nested`` takes ``[end - R - 1, end - 1)`` for log-probs, because the log-prob of
-        a token is emitted one position earlier; focus is not shifted.) Columns past a row's response
-        are NaN; the estimator reads only positions where ``response_mask`` is set.
+        (bs, max_i response_len_i) float32, aligned with ``response_mask.to_padded_tensor()``; columns past a
+        row's response are NaN (the estimator reads only positions where ``response_mask`` is set).
     """
-    for name, tensor in (("focus", full_focus), ("response_mask", response_mask)):
+    for name, tensor in (("focus", focus), ("response_mask", response_mask)):
         if not (isinstance(tensor, torch.Tensor) and tensor.is_nested):
             raise FocusLayoutError(
                 f"{name} must be a jagged nested tensor with one row per sequence, got "
                 f"{type(tensor).__name__}{'' if not isinstance(tensor, torch.Tensor) else tuple(tensor.shape)}"
             )
-    batch_size = full_focus.size(0)
+    batch_size = focus.size(0)
     if response_mask.size(0) != batch_size:
         raise FocusLayoutError(
             f"focus has {batch_size} rows but response_mask has {response_mask.size(0)} rows for the same keys"
         )
-    values = full_focus.values()
+    values = focus.values()
     if values.dim() != 1:
         raise FocusLayoutError(
             f"focus must hold one scalar per token (values of shape (total_tokens,)), got values of shape "
             f"{tuple(values.shape)}"
         )
-    offsets = full_focus.offsets().to(torch.int64)
-    full_lengths = offsets.diff()
+    offsets = focus.offsets().to(torch.int64)
+    lengths = offsets.diff()
     response_lengths = response_mask.offsets().diff().to(device=offsets.device, dtype=torch.int64)
-
-    too_short = full_lengths < response_lengths
-    if bool(too_short.any()):
-        row = int(too_short.nonzero()[0])
+    mismatch = lengths != response_lengths
+    if bool(mismatch.any()):
+        row = int(mismatch.nonzero()[0])
         raise FocusLayoutError(
-            f"focus row {row} has {int(full_lengths[row])} positions but its response alone has "
-            f"{int(response_lengths[row])} tokens: the engine must write focus over the full sequence "
-            f"(prompt + response), like log_probs"
+            f"focus row {row} has {int(lengths[row])} positions but its response has {int(response_lengths[row])} "
+            f"tokens: the engine writes focus over the response tokens only (a worker with another verl-vgpo "
+            f"version installed?)"
         )
-    if sequence_lengths is not None:
-        expected = torch.as_tensor(sequence_lengths, dtype=torch.int64, device=offsets.device)
-        mismatch = expected != full_lengths
-        if bool(mismatch.any()):
-            row = int(mismatch.nonzero()[0])
-            raise FocusLayoutError(
-                f"focus row {row} has {int(full_lengths[row])} positions but that sequence has "
-                f"{int(expected[row])} tokens (prompt + response)"
-            )
-
     width = int(response_lengths.max()) if batch_size > 0 else 0
     columns = torch.arange(width, device=offsets.device)
     inside = columns.unsqueeze(0) < response_lengths.unsqueeze(1)
-    first_response_position = offsets[1:] - response_lengths
-    positions = (first_response_position.unsqueeze(1) + columns.unsqueeze(0)).masked_fill(~inside, 0)
+    positions = (offsets[:-1].unsqueeze(1) + columns.unsqueeze(0)).masked_fill(~inside, 0)
     aligned = values.to(torch.float32)[positions]
     return aligned.masked_fill(~inside, float("nan"))
 
@@ -235,13 +217,6 @@ def _multi_output_keys(keys: list[str]) -> list[str]:
         if len(parts) == 3 and parts[2].isdigit() and int(parts[2]) > 0:
             extra.append(key)
     return extra
-
-
-def _sequence_lengths(batch: KVBatchMeta) -> Optional[torch.Tensor]:
-    """(bs,) full sequence lengths from verl's per-row ``seq_len`` tags, or None when a row has none."""
-    if batch.tags and all("seq_len" in tag for tag in batch.tags):
-        return torch.tensor([tag["seq_len"] for tag in batch.tags], dtype=torch.int64)
-    return None
 
 
 def _dump_sort_key(key: str) -> tuple:
@@ -262,6 +237,27 @@ def _missing_focus_message(batch_size: int, field_name: str) -> str:
         f"VERL_USE_EXTERNAL_PLUGINS is unset, 'auto' or lists 'vgpo' in the workers' environment "
         f"(trainer process sees {plugins!r}). A worker logs 'verl-vgpo:' errors if the plugin failed to load."
     )
+
+
+def write_focus_dump(path: str, keys: list[str], step: int, prompts, responses, focus, response_mask, advantages) -> None:
+    """Write :data:`FOCUS_DUMP_FILE` (see ``VGPOTrainerMixin._log_rollout_data``): one JSON row per key, in
+    verl's dump order; the per-row fields are the jagged tensors read from TQ."""
+    aligned = response_aligned_focus(focus, response_mask)
+    lengths = response_mask.offsets().diff().tolist()
+    prompts, responses, advantages = prompts.unbind(), responses.unbind(), advantages.unbind()
+    order = sorted(range(len(keys)), key=lambda i: _dump_sort_key(keys[i]))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as out:
+        for i in order:
+            row = {
+                "uid": keys[i],
+                "step": step,
+                "prompt_ids": prompts[i].tolist(),
+                "response_ids": responses[i].tolist(),
+                "focus": [None if math.isnan(v) else v for v in aligned[i, : lengths[i]].tolist()],
+                "advantages": advantages[i].tolist(),
+            }
+            out.write(json.dumps(row, allow_nan=False) + "\n")  # a NaN advantage fails loudly
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,7 +346,8 @@ class VGPOTrainerMixin:
         back to the exact sampled tokens from it. This file holds, per row (sorted like verl's dump, by
         key): ``uid`` (the TQ key, as verl's ``uid`` column), ``step``, ``prompt_ids``, ``response_ids``,
         ``focus`` (raw cosine of every response token, null where the row has no visual signal) and
-        ``advantages``, read from TQ in one call before verl clears the step's rows.
+        ``advantages``. They are read from TQ in one call here (verl clears the step's rows next); the
+        file is written by verl's own dump executor, beside verl's file, off the training loop.
         """
         super()._log_rollout_data(batch, timing_raw, rollout_data_dir)
         if self.vgpo_config is None:
@@ -361,23 +358,11 @@ class VGPOTrainerMixin:
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         if FOCUS_OUTPUT_KEY not in data.keys():
             raise MissingFocusFieldError(_missing_focus_message(len(batch), FOCUS_OUTPUT_KEY))
-        focus = response_aligned_focus(data[FOCUS_OUTPUT_KEY], data["response_mask"], _sequence_lengths(batch))
-        lengths = data["response_mask"].offsets().diff().tolist()
-        prompts, responses, advantages = (data[name].unbind() for name in ("prompts", "responses", "advantages"))
-        order = sorted(range(len(batch.keys)), key=lambda i: _dump_sort_key(batch.keys[i]))
-        os.makedirs(rollout_data_dir, exist_ok=True)
         path = os.path.join(rollout_data_dir, FOCUS_DUMP_FILE.format(step=self.global_steps))
-        with open(path, "w") as out:
-            for i in order:
-                row = {
-                    "uid": batch.keys[i],
-                    "step": self.global_steps,
-                    "prompt_ids": prompts[i].tolist(),
-                    "response_ids": responses[i].tolist(),
-                    "focus": [None if math.isnan(v) else v for v in focus[i, : lengths[i]].tolist()],
-                    "advantages": advantages[i].tolist(),
-                }
-                out.write(json.dumps(row, allow_nan=False) + "\n")  # a NaN advantage fails loudly
+        self._dump_futures.append(self._dump_executor.submit(
+            write_focus_dump, path, list(batch.keys), self.global_steps, data["prompts"], data["responses"],
+            data[FOCUS_OUTPUT_KEY], data["response_mask"], data["advantages"],
+        ))
 
     def _fetch_response_focus(self, batch: KVBatchMeta) -> tuple[torch.Tensor, float]:
         """(bs, R) focus aligned with the padded response_mask that verl's _compute_advantage builds, and
@@ -399,7 +384,7 @@ class VGPOTrainerMixin:
         for name in (FOCUS_OUTPUT_KEY, FOCUS_SECONDS_KEY):
             if name not in data.keys():
                 raise MissingFocusFieldError(_missing_focus_message(len(batch), name))
-        focus = response_aligned_focus(data[FOCUS_OUTPUT_KEY], data["response_mask"], _sequence_lengths(batch))
+        focus = response_aligned_focus(data[FOCUS_OUTPUT_KEY], data["response_mask"])
         seconds = data[FOCUS_SECONDS_KEY]
         return focus, float((seconds.values() if seconds.is_nested else seconds).sum())
 
