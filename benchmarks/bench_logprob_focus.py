@@ -180,6 +180,8 @@ class VerlRunner:
                 "input_ids": nested([s[0] for s in self.samples]),
                 "position_ids": nested([s[1] for s in self.samples]),
                 "loss_mask": nested(masks),
+                # the engine cuts focus to each row's response with it, as verl's V1 trainer stores it
+                "response_mask": nested([torch.ones(s[3], dtype=torch.int64) for s in self.samples]),
                 "multi_modal_inputs": [dict(s[2]) for s in self.samples],
             },
             non_tensor_dict=extra,

@@ -10,11 +10,11 @@ while the forward runs, and the engine adds the result to its output dict beside
   (reference and update passes never capture; the trainer sets the flag for the old-log-prob pass
   only and must remove it afterwards, because the reference pass reuses the same extra info);
 * the field ``FOCUS_OUTPUT_KEY`` is a jagged nested tensor over each row's RESPONSE tokens only (the
-  estimator reads nothing else; a full-sequence field would carry the prompt too, about three times the
-  bytes at the 7B recipe's lengths). Column t of row i is the focus of response token t at its own
-  position ``end_i - R_i + t`` of the sequence, where R_i is the length of the row's ``response_mask``
-  (verl's trainer slices log-probs with the same lengths; unlike ``log_probs``, whose position p holds
-  the log-prob of token p+1, focus is not shifted). The cut uses only the row's own offsets, so it
+  estimator reads nothing else; a full-sequence field would carry the prompt too: docs/benchmarks.md).
+  Column t of row i is the focus of response token t at its own position ``end_i - R_i + t`` of the
+  sequence, where R_i is the length of the row's ``response_mask`` (verl's trainer slices log-probs
+  with the same lengths; unlike ``log_probs``, whose position p holds the log-prob of token p+1, focus
+  is not shifted). The cut uses only the row's own offsets, so it
   does not depend on micro-batching; verl's worker bridge gathers the per-row field, restores the row
   order (also under dynamic batch size) and writes it to TransferQueue under its own name;
 * seconds spent on focus go beside it as the per-row field ``FOCUS_SECONDS_KEY`` (each micro-batch's

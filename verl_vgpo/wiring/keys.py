@@ -5,8 +5,8 @@ from verl_vgpo.advantage import METRIC_PREFIX  # noqa: F401  (the metric prefix 
 # extra_info flag the trainer sets on the old-log-prob batch to ask the engine for focus scores
 CAPTURE_FOCUS_FLAG = "vgpo_capture_focus"
 
-# output field of the engine (beside log_probs): per-position raw cosine rho at each token's OWN
-# position over the full sequence (prompt + response), NaN for sequences without visual tokens
+# output field of the engine (beside log_probs): raw cosine rho of each RESPONSE token at its own
+# position (one row of response length per sequence), NaN for sequences without visual tokens
 FOCUS_OUTPUT_KEY = "vgpo_focus"
 
 # output field of the engine beside FOCUS_OUTPUT_KEY: one float32 per sequence, the seconds of focus
