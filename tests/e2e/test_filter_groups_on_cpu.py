@@ -32,6 +32,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.e2e.focus_recompute import focus_gap as _gap
 from verl_vgpo.apps import experiment
 from verl_vgpo.data import easy_vqa
 
@@ -136,10 +137,6 @@ def _focus_dump(out: Path, step: int) -> list[dict]:
     return [row for row in rows if not str(row["uid"]).startswith("pad")]
 
 
-def _gap(dumped: list, recomputed: list) -> float:
-    """Largest |difference| over the tokens both focus lists have."""
-    n = min(len(dumped), len(recomputed))
-    return float((torch.tensor(dumped[:n]) - torch.tensor(recomputed[:n])).abs().max())
 
 
 def _partner(i: int, rows: list[dict], groups: list[str], ok) -> int:
