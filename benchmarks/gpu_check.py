@@ -12,7 +12,11 @@ Measures, and writes to ``--out`` as JSON:
    without verl-vgpo's final-norm ``FocusHook`` (target <= 1.02x), and the extra peak memory per token of
    the hook vs of ``output_hidden_states=True`` (what the authors' code uses);
 3. the estimator (a verl-free GRPO-equivalent + ``verl_vgpo.advantage.reweight_advantage``) and the
-   GRPO-equivalent alone on the paper-size batch, 128 prompts x 8 rollouts x 2048 tokens.
+   GRPO-equivalent alone on the paper-size batch, 128 prompts x 8 rollouts x 2048 tokens;
+4. the focus field of one step of the 7B recipe (512 prompts x 8 rollouts, 4,096 + 2,048 tokens at most):
+   its bytes over the full sequence (the old layout) and over the response only (what the engine writes
+   now), the time of the engine's response cut (``verl_vgpo.focus.response_focus``) and of the copy of each
+   layout to the host (what verl's worker bridge does before the TransferQueue write).
 
 verl is not needed: where it is installed ``verl_vgpo.wiring`` imports it, where it is not (the GPU box)
 the verl-free ``FocusHook`` still imports; the JSON records ``verl_imported``. The CI test runs the smoke
@@ -72,11 +76,13 @@ SHAPES = {
         focus_tokens=16384, focus_sequences=16, focus_hidden=3584, focus_repeats=20,
         model=QWEN2_5_VL_7B, lm_batch=8, lm_seq_len=2048, image_side=448, lm_repeats=5,
         prompts=128, rollouts=8, length=2048, estimator_repeats=10,
+        field_rows=512 * 8, field_prompt=4096, field_response=2048, field_repeats=10,
     ),
     "smoke": dict(
         focus_tokens=1024, focus_sequences=4, focus_hidden=64, focus_repeats=3,
         model=TINY_VLM, lm_batch=2, lm_seq_len=160, image_side=56, lm_repeats=2,
         prompts=8, rollouts=4, length=128, estimator_repeats=3,
+        field_rows=32, field_prompt=96, field_response=48, field_repeats=3,
     ),
 }
 
@@ -418,6 +424,38 @@ def check_estimator(shape: dict, device: torch.device) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
+# 4. the focus field of one step: full sequence vs response only
+# ----------------------------------------------------------------------------------------------------
+
+
+def check_focus_field(shape: dict, device: torch.device) -> dict:
+    """Every row at the recipe's longest prompt and response: the upper bound of a step's field."""
+    from verl_vgpo.focus import response_focus
+
+    rows, prompt, response = shape["field_rows"], shape["field_prompt"], shape["field_response"]
+    sequence = prompt + response
+    full = torch.rand(rows * sequence, device=device)
+    cu_seqlens = torch.arange(rows + 1, device=device) * sequence
+    response_mask = torch.nested.nested_tensor_from_jagged(
+        torch.ones(rows * response, dtype=torch.int64, device=device), torch.arange(rows + 1, device=device) * response)
+    cut = response_focus(full, cu_seqlens, response_mask)
+    expected = full.view(rows, sequence)[:, prompt:].reshape(-1)
+    repeats = shape["field_repeats"]
+    t_cut = median_seconds(lambda: response_focus(full, cu_seqlens, response_mask), repeats, device)
+    t_full = median_seconds(lambda: full.cpu(), repeats, device)
+    t_response = median_seconds(lambda: cut.values().cpu(), repeats, device)
+    return {
+        "focus_field_rows": rows,
+        "focus_field_bytes_full": full.numel() * full.element_size(),
+        "focus_field_bytes_response_only": cut.values().numel() * cut.values().element_size(),
+        "focus_response_cut_ms": t_cut * 1e3,
+        "focus_field_to_host_ms_full": t_full * 1e3,
+        "focus_field_to_host_ms_response_only": t_response * 1e3,
+        "focus_response_cut_exact": bool(torch.equal(cut.values(), expected)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
 
 
 def main(argv=None) -> dict:
@@ -444,11 +482,14 @@ def main(argv=None) -> dict:
             "logprob": {"batch": shape["lm_batch"], "seq_len": shape["lm_seq_len"], "image_side": shape["image_side"],
                         "text": shape["model"]["text"], "vision": shape["model"]["vision"], "attention": "sdpa"},
             "estimator": {"prompts": shape["prompts"], "rollouts": shape["rollouts"], "length": shape["length"]},
+            "focus_field": {"rows": shape["field_rows"], "prompt": shape["field_prompt"],
+                            "response": shape["field_response"]},
         },
     }
     for name, check in (("focus", lambda: check_focus(shape, device, dtype)),
                         ("logprob", lambda: check_logprob_forward(shape, device, dtype)),
-                        ("estimator", lambda: check_estimator(shape, device))):
+                        ("estimator", lambda: check_estimator(shape, device)),
+                        ("focus_field", lambda: check_focus_field(shape, device))):
         section_start = time.perf_counter()
         result.update(check())
         result[f"{name}_section_s"] = time.perf_counter() - section_start
@@ -460,7 +501,8 @@ def main(argv=None) -> dict:
     summary = {k: result[k] for k in (
         "focus_speedup_vs_token_loop", "focus_bandwidth_fraction", "logprob_time_ratio_focus_vs_base",
         "focus_extra_peak_bytes_per_token", "all_hidden_states_extra_peak_bytes_per_token", "estimator_ms",
-        "grpo_estimator_ms", "total_s")}
+        "grpo_estimator_ms", "focus_field_bytes_full", "focus_field_bytes_response_only",
+        "focus_field_to_host_ms_full", "focus_field_to_host_ms_response_only", "total_s")}
     print(json.dumps({"device": result["device"], **summary}, indent=2, default=str))
     return result
 

@@ -259,6 +259,33 @@ def focus_on_sequence_shard(
     return cosine_to_prototypes(hidden_shard, seq_ids, prototypes, cu_seqlens - shard_offset)
 
 
+def response_focus(focus: torch.Tensor, cu_seqlens: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """The response part of each row of a micro-batch's packed focus.
+
+    Args:
+        focus: (total_tokens,) float32 focus of every position of the B packed sequences.
+        cu_seqlens: (B + 1,) int64 offsets of the sequences in ``focus``.
+        response_mask: jagged nested (B, R_i): its row lengths are the response lengths.
+
+    Returns:
+        jagged nested (B, R_i) float32: row i holds ``focus[cu_seqlens[i+1] - R_i : cu_seqlens[i+1]]``.
+        The gather index is built on the device from the offsets (no host round trip); its size is the
+        response mask's own number of values. What the focus-capturing engine writes to TransferQueue.
+    """
+    response_offsets = response_mask.offsets().to(device=focus.device, dtype=torch.int64)
+    total = response_mask.values().shape[0]
+    if response_offsets.numel() != cu_seqlens.numel():
+        raise FocusCaptureError(
+            f"response_mask has {response_offsets.numel() - 1} rows but the micro-batch has {cu_seqlens.numel() - 1}"
+        )
+    response_lengths = response_offsets.diff()
+    positions = torch.arange(total, device=focus.device)
+    rows = torch.searchsorted(response_offsets[1:], positions, right=True)
+    # position of response token t of row i in the packed sequence: end_i - R_i + t
+    index = positions + (cu_seqlens[1:] - response_lengths - response_offsets[:-1])[rows]
+    return torch.nested.nested_tensor_from_jagged(focus[index], response_offsets)
+
+
 # ---------------------------------------------------------------------------------------------------
 # the capture in a model's forward: one hook on the language model's final norm
 # ---------------------------------------------------------------------------------------------------

@@ -55,7 +55,10 @@ def test_smoke_run_without_verl_writes_every_key(tmp_path):
     for key in POSITIVE:
         assert result[key] > 0, key
     assert result["device"].startswith("cpu") and result["smoke"] is True
-    assert set(result["shapes"]) == {"focus", "logprob", "estimator"}
+    assert set(result["shapes"]) == {"focus", "logprob", "estimator", "focus_field"}
+    # the response-only field: a third of the full one at the recipe's 2:1 prompt:response, cut exactly
+    assert result["focus_field_bytes_full"] == 3 * result["focus_field_bytes_response_only"] > 0
+    assert result["focus_response_cut_exact"] is True
     assert result["verl_imported"] is False
     assert result["focus_max_abs_diff_vs_token_loop"] < 1e-4  # the loop and the vectorised scores agree
     assert result["logprob_image_tokens"] > 0

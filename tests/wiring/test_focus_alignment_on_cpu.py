@@ -7,7 +7,7 @@ import pytest
 import torch
 from verl.workers.utils.padding import response_from_nested
 
-from verl_vgpo.wiring.engine import response_focus
+from verl_vgpo.focus import response_focus
 from verl_vgpo.wiring.trainer import FocusLayoutError, response_aligned_focus
 
 

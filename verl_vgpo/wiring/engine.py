@@ -48,6 +48,7 @@ from verl_vgpo.focus import (  # noqa: F401  (focus_of_padded: the padded layout
     find_final_norm,
     focus_hook,
     focus_of_padded,
+    response_focus,
     visual_token_ids,
 )
 from verl_vgpo.wiring.keys import (
@@ -107,33 +108,6 @@ class FocusCaptureMixin:
         output["model_output"][FOCUS_SECONDS_KEY] = seconds_per_row(seconds, cu_seqlens)
         output["metrics"][FOCUS_TIME_KEY] = seconds
         return loss, output
-
-
-def response_focus(focus: torch.Tensor, cu_seqlens: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """The response part of each row of a micro-batch's packed focus.
-
-    Args:
-        focus: (total_tokens,) float32 focus of every position of the B packed sequences.
-        cu_seqlens: (B + 1,) int64 offsets of the sequences in ``focus``.
-        response_mask: jagged nested (B, R_i): its row lengths are the response lengths.
-
-    Returns:
-        jagged nested (B, R_i) float32: row i holds ``focus[cu_seqlens[i+1] - R_i : cu_seqlens[i+1]]``.
-        The gather index is built on the device from the offsets (no host round trip); its size is the
-        response mask's own number of values.
-    """
-    response_offsets = response_mask.offsets().to(device=focus.device, dtype=torch.int64)
-    total = response_mask.values().shape[0]
-    if response_offsets.numel() != cu_seqlens.numel():
-        raise FocusCaptureError(
-            f"response_mask has {response_offsets.numel() - 1} rows but the micro-batch has {cu_seqlens.numel() - 1}"
-        )
-    response_lengths = response_offsets.diff()
-    positions = torch.arange(total, device=focus.device)
-    rows = torch.searchsorted(response_offsets[1:], positions, right=True)
-    # position of response token t of row i in the packed sequence: end_i - R_i + t
-    index = positions + (cu_seqlens[1:] - response_lengths - response_offsets[:-1])[rows]
-    return torch.nested.nested_tensor_from_jagged(focus[index], response_offsets)
 
 
 def seconds_per_row(seconds: float, cu_seqlens: torch.Tensor) -> torch.Tensor:
