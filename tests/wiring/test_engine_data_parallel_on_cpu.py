@@ -46,6 +46,9 @@ import torch
 from tests.wiring.vlm_batches import FAMILIES, build_batch, grouped_samples
 from verl_vgpo.wiring.keys import CAPTURE_FOCUS_FLAG, FOCUS_OUTPUT_KEY, FOCUS_TIME_KEY
 
+pytestmark = pytest.mark.slow  # spawns two-rank gloo process groups with real FSDP engines
+
+
 # rows i and i + 4 are of the same kind; uids interleave so that every group lies on both DP ranks
 UIDS = ["a", "b"] * 4
 # outcome rewards with a spread inside each group (a group with equal rewards has zero advantage)

@@ -188,6 +188,7 @@ def _sp_rank_main(rank, world_size, port, hidden, input_ids, cu_seqlens, queue):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # spawns a two-rank gloo process group
 def test_focus_hook_under_real_sequence_parallel_collectives():
     """Two gloo ranks each holding a contiguous shard (Ulysses layout): all-reduce + all-gather path."""
     import torch.multiprocessing as mp

@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.wiring.fakes import FakeTransferQueue
 
 SCENARIO = r'''
@@ -56,6 +58,7 @@ finally:
 '''
 
 
+@pytest.mark.slow  # starts a real TransferQueue
 def test_fake_transfer_queue_matches_the_real_client():
     namespace = {}
     exec(SCENARIO, namespace)
