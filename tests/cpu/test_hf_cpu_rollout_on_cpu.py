@@ -96,6 +96,7 @@ def test_registered_in_both_verl_registries():
     from verl.workers.rollout.base import get_rollout_class
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
+    hf_cpu.register_hf_cpu_rollout()  # what the plugin runs at load where VERL_PLATFORM=cpu
     assert get_rollout_class("hf_cpu", "async") is hf_cpu.HFCpuServerAdapter
     assert RolloutReplicaRegistry.get("hf_cpu") is hf_cpu.HFCpuReplica
     hf_cpu.register_hf_cpu_rollout()  # idempotent

@@ -286,12 +286,9 @@ def enable_cpu_platform() -> None:
     current = platform_manager._current_platform
     if current is None or current.device_name != DEVICE_NAME:
         platform_manager.set_platform(platform_class()())
-    # what the plugin does at load when VERL_PLATFORM=cpu was set before ``import verl``
-    from verl_vgpo.cpu.distributed import install_cpu_process_group_backend
-    from verl_vgpo.cpu.rollout import register_hf_cpu_rollout
+    # the focus-capturing subclass for the "cpu" entries just added (the plugin wrapped the other devices'
+    # at load); the hf_cpu rollout and the gloo change need VERL_PLATFORM=cpu before ``import verl``
     from verl_vgpo.wiring.engine import register_engines
 
     register_engines()
-    register_hf_cpu_rollout()
-    install_cpu_process_group_backend()
     logger.info("verl-vgpo: CPU platform enabled (VERL_PLATFORM=cpu, gloo backend)")
