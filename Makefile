@@ -30,7 +30,7 @@ test: $(STAMP)
 test-all: $(STAMP) check
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
-# repository layout the package relies on (the run script shipped as package data, its examples/ link)
+# repository checks: the run script shipped as package data with its examples/ link; no import cycle
 check: $(STAMP)
 	$(PY) .ci/check_layout.py
 
