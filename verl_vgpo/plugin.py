@@ -13,6 +13,8 @@ import logging
 import os
 
 logger = logging.getLogger("verl_vgpo")
+# verl's convention for its own loggers: INFO unless VERL_LOGGING_LEVEL says otherwise (the fixes line is INFO)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 # (module, function) pairs run in order at load. Each function must be idempotent.
 REGISTRATIONS: list[tuple[str, str]] = [
@@ -34,6 +36,8 @@ CPU_REGISTRATIONS_FIRST: list[tuple[str, str]] = [("verl_vgpo.cpu.platform", "re
 CPU_REGISTRATIONS_LAST: list[tuple[str, str]] = [
     ("verl_vgpo.cpu.rollout", "register_hf_cpu_rollout"),
     ("verl_vgpo.cpu.distributed", "install_cpu_process_group_backend"),
+    # FSDP2 CPU offload (the KL reference model) without CUDA's pinned memory
+    ("verl_vgpo.cpu.fsdp_offload", "install_unpinned_fsdp2_offload"),
 ]
 
 LOADED = False

@@ -335,7 +335,7 @@ def _status_in_subprocess(fixes_env: str | None) -> dict:
     )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "log": done.stdout + done.stderr}
 
 
 def test_fixes_env_turns_every_fix_off_and_keeps_the_estimator():
@@ -346,6 +346,7 @@ def test_fixes_env_turns_every_fix_off_and_keeps_the_estimator():
     assert [f.name for f, on, _ in compat.fix_status()] == [f.name for f in compat.FIXES]
     assert all(on or "fix is for" in why for _, on, why in compat.fix_status())  # off only on other versions
     off = _status_in_subprocess("0")
+    assert "verl-vgpo: VERL_VGPO_FIXES=0: no verl fix applied in this process" in off.pop("log")  # logged at INFO
     assert off == {"active": [], "wrapped": False, "estimator": True}
 
 
