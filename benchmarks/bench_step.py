@@ -33,7 +33,8 @@ VGPO_OWN_TIMINGS = ("vgpo/timing/focus_capture_s", "vgpo/timing/focus_fetch_s", 
 def phase_keys(records: list[dict]) -> list[str]:
     """verl's and VGPO's timing keys found in any record, verl's first, each group sorted."""
     keys = {key for record in records for key in record if key.startswith(PHASE_PREFIXES)}
-    return sorted(keys, key=lambda key: (not key.startswith("timing_s/"), key))
+    ordered = sorted(keys, key=lambda key: (not key.startswith("timing_s/"), key))
+    return ordered + [STEP_WITHOUT_GEN] if any(STEP_WITHOUT_GEN in record for record in records) else ordered
 
 
 def median_of(records: list[dict], key: str) -> float | None:
@@ -46,12 +47,22 @@ def steady_records(records: list[dict]) -> list[dict]:
     return [record for record in records if record["step"] >= 2]
 
 
+STEP_WITHOUT_GEN = "step - gen"
+
+
 def summarise(steady: dict[str, list[dict]]) -> dict:
     """Medians per algorithm of every phase key, and the step-time ratio."""
+    for records in steady.values():
+        for record in records:
+            # generation is the phase a shared machine disturbs most: the rest of the step, per step
+            if STEP_TIME_METRIC in record and "timing_s/gen" in record:
+                record[STEP_WITHOUT_GEN] = record[STEP_TIME_METRIC] - record["timing_s/gen"]
     keys = phase_keys([record for records in steady.values() for record in records])
     medians = {algo: {key: median_of(records, key) for key in keys} for algo, records in steady.items()}
     grpo, vgpo = medians["grpo"].get(STEP_TIME_METRIC), medians["vgpo"].get(STEP_TIME_METRIC)
-    return {"keys": keys, "medians": medians, "ratio": vgpo / grpo if grpo and vgpo else None}
+    g_rest, v_rest = medians["grpo"].get(STEP_WITHOUT_GEN), medians["vgpo"].get(STEP_WITHOUT_GEN)
+    return {"keys": keys, "medians": medians, "ratio": vgpo / grpo if grpo and vgpo else None,
+            "ratio_without_gen": v_rest / g_rest if g_rest and v_rest else None}
 
 
 def format_table(summary: dict) -> str:
@@ -127,6 +138,8 @@ def main(argv=None) -> int:
     # adjacent runs share the machine's state best: their ratios show how much of the above is drift
     pair_ratios = [runs[i + 1]["median_step_s"] / runs[i]["median_step_s"] for i in range(0, len(runs), 2)]
     added = sum(summary["medians"]["vgpo"].get(key) or 0.0 for key in VGPO_OWN_TIMINGS)
+    if summary["ratio_without_gen"] is not None:
+        print(f"without generation (median of step - gen): VGPO / GRPO = {summary['ratio_without_gen']:.3f}")
     print(f"per pair (run medians): VGPO / GRPO = {', '.join(f'{r:.3f}' for r in pair_ratios)}; VGPO's own "
           f"timed work ({' + '.join(key.rsplit('/', 1)[1] for key in VGPO_OWN_TIMINGS)}) {added:.3f} s = "
           f"{added / g:.4f} of a GRPO step")
@@ -134,7 +147,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_step.json").write_text(json.dumps(
         {"host": host_line(), "steps": args.steps, "pairs": args.pairs, "overrides": args.overrides, "runs": runs,
-         "ratio": summary["ratio"], "pair_ratios": pair_ratios, "medians": summary["medians"], "total_wall_s": time.monotonic() - started,
+         "ratio": summary["ratio"], "ratio_without_gen": summary["ratio_without_gen"], "pair_ratios": pair_ratios, "medians": summary["medians"], "total_wall_s": time.monotonic() - started,
          "steady_records": steady}, indent=1, default=str))
     return 0
 
