@@ -579,3 +579,94 @@ def test_packed_qwen2_vl_attention_fix_returns_the_inputs_dtype(monkeypatch):
     bf16 = [t.to(torch.bfloat16) for t in (q, k, v)]
     assert qwen2_vl._custom_flash_attention_forward(*bf16, None, query_length=7, is_causal=True,
                                                     position_ids=position_ids).dtype == torch.bfloat16
+
+
+# --- verl 0.9.x: FSDP2 wraps lm_head alone; the fused-kernel forward reads its (sharded) weight -------------------
+
+
+class _FusedKernelLM(torch.nn.Module):
+    """An untied decoder whose forward is shaped like verl's fused-kernel forwards: the final hidden state and
+    ``self.lm_head.weight`` go to verl's FusedLinearForPPO, lm_head itself is never called."""
+
+    _no_split_modules = ["_Block"]
+
+    def __init__(self, hidden=8, vocab=16):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(tie_word_embeddings=False)
+        self.embed_tokens = torch.nn.Embedding(vocab, hidden)
+        self.layers = torch.nn.ModuleList([_Block(hidden), _Block(hidden)])
+        self.lm_head = torch.nn.Linear(hidden, vocab, bias=False)
+        self._verl_fused_kernels_backend = "torch"
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids):
+        from verl.utils.experimental.torch_functional import FusedLinearForPPO
+
+        hidden = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            hidden = layer(hidden)
+        log_probs, _ = FusedLinearForPPO(impl_backend="torch").forward(
+            hidden_states=hidden, vocab_weights=self.lm_head.weight, input_ids=torch.roll(input_ids, -1, -1))
+        return log_probs
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, hidden):
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden, hidden)
+
+    def forward(self, x):
+        return x + torch.tanh(self.linear(x))
+
+
+def _fsdp2_fused_log_probs(select_targets, monkeypatch):
+    """verl's apply_fsdp2 on the toy model (1-rank gloo mesh) with ``select_targets`` as its wrap-target choice."""
+    import verl.utils.fsdp_utils as fsdp_utils
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from verl_vgpo.cpu.training_worker import ensure_single_process_group
+
+    ensure_single_process_group()
+    monkeypatch.setattr(fsdp_utils, "_select_fsdp2_wrap_targets", select_targets)
+    torch.manual_seed(0)
+    model = _FusedKernelLM()
+    input_ids = torch.randint(0, 16, (2, 5))
+    with torch.no_grad():
+        expected = torch.log_softmax(model.lm_head(model.layers[1](model.layers[0](model.embed_tokens(input_ids)))), -1)
+    expected = expected.gather(-1, torch.roll(input_ids, -1, -1).unsqueeze(-1)).squeeze(-1)
+    fsdp_utils.apply_fsdp2(model, {"mesh": init_device_mesh("cpu", (1,))}, {})
+    with torch.no_grad():
+        return model(input_ids), expected
+
+
+def test_verls_fsdp2_wrap_still_breaks_the_fused_kernel_forward_of_untied_models(monkeypatch):
+    require_versions(compat.FSDP2_FUSED_LM_HEAD_VERSIONS)
+    import verl.utils.fsdp_utils as fsdp_utils
+
+    current = fsdp_utils._select_fsdp2_wrap_targets
+    verls_own = getattr(current, "__wrapped__", current)
+    with pytest.raises(RuntimeError, match="mixed torch.Tensor and DTensor"):
+        _fsdp2_fused_log_probs(verls_own, monkeypatch)
+
+
+def test_fsdp2_fused_kernels_fix_keeps_lm_head_in_the_root_unit(monkeypatch):
+    require_versions(compat.FSDP2_FUSED_LM_HEAD_VERSIONS)
+    import verl.utils.fsdp_utils as fsdp_utils
+
+    compat.fix_fsdp2_fused_kernels_lm_head()
+    fixed = fsdp_utils._select_fsdp2_wrap_targets
+    assert fixed.vgpo_fused_lm_head_fix
+    log_probs, expected = _fsdp2_fused_log_probs(fixed, monkeypatch)
+    torch.testing.assert_close(log_probs, expected, rtol=1e-5, atol=1e-6)
+    # without verl's fused-kernel mark the model is wrapped exactly as verl does (lm_head its own unit)
+    model = _FusedKernelLM()
+    del model._verl_fused_kernels_backend
+    assert fixed(model, ["_Block"]) == fixed.__wrapped__(model, ["_Block"])
+    assert any(module is model.lm_head for module in fixed(model, ["_Block"]))
+    model._verl_fused_kernels_backend = "torch"
+    assert not any(module is model.lm_head for module in fixed(model, ["_Block"]))
+    assert any(module is model.embed_tokens for module in fixed(model, ["_Block"]))

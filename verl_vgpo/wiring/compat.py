@@ -484,6 +484,51 @@ def apply_filter_groups_budget(replay_buffer: Any, filter_groups_config: Any, tr
 
 
 # ---------------------------------------------------------------------------------------------------
+# verl 0.9.x: FSDP2 shards lm_head on its own, and the fused-kernel forwards read its weight outside it
+# ---------------------------------------------------------------------------------------------------
+
+FSDP2_FUSED_LM_HEAD_VERSIONS = {"verl": ">=0.9,<0.10"}
+
+
+def fix_fsdp2_fused_kernels_lm_head() -> None:
+    """Keep ``lm_head`` in the root FSDP2 unit of a model whose forward is verl's fused-kernel forward.
+
+    For: verl 0.9.x (``verl.utils.fsdp_utils._select_fsdp2_wrap_targets``, used by ``apply_fsdp2``). For a model
+    with untied word embeddings (Qwen2.5-VL-7B, Qwen3-VL-8B, ...) it wraps ``lm_head`` in its own ``fully_shard``
+    unit, whose weight is unsharded only while ``lm_head`` itself runs. ``actor_rollout_ref.model.use_fused_kernels
+    =True`` replaces the model's forward with one that never calls ``lm_head`` and hands ``self.lm_head.weight`` to
+    the fused linear + log-prob kernel (``forward_with_torch_backend`` / ``_triton_backend`` in
+    ``verl.models.transformers.dense_common``, ``qwen2_vl``, ``qwen3_vl``, ...): that weight is still the sharded
+    DTensor, and the first forward fails with "aten.mm.default got mixed torch.Tensor and DTensor" (found by the
+    7B recipe's CPU smoke run with verl's VLM example settings; FSDP2 behaves the same on GPUs). With this fix a
+    model carrying verl's fused-kernel mark (``_verl_fused_kernels_backend``, set by ``apply_monkey_patch`` before
+    FSDP wrapping) keeps ``lm_head`` in the root unit, which FSDP2 unshards for the whole forward (and never
+    reshards after it); every other model is wrapped exactly as verl does. verl's own function stays reachable
+    as ``__wrapped__``.
+    """
+    if not versions_match(**FSDP2_FUSED_LM_HEAD_VERSIONS):
+        return
+    try:
+        import verl.utils.fsdp_utils as fsdp_utils
+    except ImportError:
+        return
+    original = getattr(fsdp_utils, "_select_fsdp2_wrap_targets", None)
+    if original is None or getattr(original, "vgpo_fused_lm_head_fix", False):
+        return
+
+    @functools.wraps(original)
+    def select_fsdp2_wrap_targets(model, fsdp_transformer_layer_cls_to_wrap):
+        modules = original(model, fsdp_transformer_layer_cls_to_wrap)
+        if getattr(model, "_verl_fused_kernels_backend", None) is None:
+            return modules
+        output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        return [module for module in modules if output_embeddings is None or module is not output_embeddings]
+
+    select_fsdp2_wrap_targets.vgpo_fused_lm_head_fix = True  # type: ignore[attr-defined]
+    fsdp_utils._select_fsdp2_wrap_targets = select_fsdp2_wrap_targets
+
+
+# ---------------------------------------------------------------------------------------------------
 # the list of fixes, and applying them
 # ---------------------------------------------------------------------------------------------------
 
@@ -514,6 +559,9 @@ FIXES: tuple[Fix, ...] = (
     Fix("qwen2_vl_flash_attention_output_dtype", QWEN2_VL_FLASH_OUTPUT_DTYPE_VERSIONS,
         "packed Qwen2/2.5-VL attention returns its inputs' dtype (fp32 param_dtype no longer crashes in o_proj)",
         fix_qwen2_vl_flash_attention_output_dtype),
+    Fix("fsdp2_fused_kernels_lm_head", FSDP2_FUSED_LM_HEAD_VERSIONS,
+        "use_fused_kernels with FSDP2 and untied embeddings: lm_head stays in the root unit (verl: DTensor mm error)",
+        fix_fsdp2_fused_kernels_lm_head),
     Fix("replay_buffer_poll_interval", REPLAY_POLL_VERSIONS,
         "trainer.v1.sampler.poll_interval: the V1 replay buffer's poll (verl: fixed 2 s), only when set"),
     Fix("filter_groups_max_num_gen_batches", FILTER_GROUPS_BUDGET_VERSIONS,
