@@ -3,6 +3,7 @@ or with ``--warm-start`` fine-tune it supervised on easy-vqa first (cached by it
 
     vgpo-tiny-vlm --out artifacts/tiny_vlm --family qwen3_vl
     vgpo-tiny-vlm --warm-start --out artifacts/tiny_vlm_warm
+    vgpo-tiny-vlm --warm-start --task grid --out artifacts/tiny_vlm_warm_grid
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
         "--model-vocab-size", type=int, default=None, help="embedding/lm_head rows (default: the tokenizer size)"
     )
     parser.add_argument("--warm-start", action="store_true",
-                        help="then fine-tune it supervised on easy-vqa (verl_vgpo.cpu.warm_start); cached by settings")
+                        help="then fine-tune it supervised on --task (verl_vgpo.cpu.warm_start); cached by settings")
     warm_start.add_arguments(parser)
     for field in dataclasses.fields(TinyVLMSize):
         flag = "--" + field.name.replace("_", "-")
@@ -35,7 +36,10 @@ def _parse_args(argv=None) -> argparse.Namespace:
             parser.add_argument(flag, type=float, default=None)
         else:
             parser.add_argument(flag, type=int, default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.task != warm_start.DEFAULT_TASK and not args.warm_start:
+        parser.error(f"--task {args.task} needs --warm-start (the random build is the same for every task)")
+    return args
 
 
 def main(argv=None) -> None:
