@@ -176,9 +176,54 @@ def suppressed_token_ids(tokenizer, eos_token_ids: Sequence[int]) -> list[int]:
 # --------------------------------------------------------------------------------------------------
 
 
-def inputs_from_ids(prompt_ids: Sequence[int], image_data, processor, model_config) -> dict[str, torch.Tensor]:
+class ImageInputsCache:
+    """The image processor's output per distinct image list, least recently used out after ``size`` lists.
+
+    verl's agent loop sends each of a prompt's n samples as its own request with the same image, so a
+    server that processes every request's images repeats the same work n times.
+    """
+
+    def __init__(self, size: int = 256):
+        from collections import OrderedDict
+
+        self.size = size
+        self._entries: "OrderedDict[tuple, dict[str, torch.Tensor]]" = OrderedDict()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(images) -> tuple:
+        import hashlib
+
+        parts = []
+        for image in images:
+            if hasattr(image, "tobytes") and hasattr(image, "size"):
+                digest = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
+                parts.append((getattr(image, "mode", None), tuple(image.size), digest))
+            else:  # not a PIL image: no safe key, never cached
+                return ()
+        return tuple(parts)
+
+    def get(self, processor, images) -> dict[str, torch.Tensor]:
+        key = self.key(images)
+        if key and key in self._entries:
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        self.misses += 1
+        pixels = processor.image_processor(images=list(images), return_tensors="pt")
+        entry = {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
+        if key:
+            self._entries[key] = entry
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return entry
+
+
+def inputs_from_ids(prompt_ids: Sequence[int], image_data, processor, model_config,
+                    image_cache: Optional[ImageInputsCache] = None) -> dict[str, torch.Tensor]:
     """Model inputs for one prompt given as token ids (image pads already expanded, as verl's agent loop
-    sends them): ids, pixels and the multimodal token types.
+    sends them): ids, pixels and the multimodal token types. ``image_cache`` reuses the processed pixels
+    of images seen before (the tensors are shared, never modified).
 
     Raises:
         GenerationError: images without an image processor / image token, or a pad count that does not
@@ -198,7 +243,8 @@ def inputs_from_ids(prompt_ids: Sequence[int], image_data, processor, model_conf
                 f"the prompt has images but the model config ({type(model_config).__name__}) declares no "
                 "image_token_id: this is not a vision-language model"
             )
-        pixels = processor.image_processor(images=list(image_data), return_tensors="pt")
+        pixels = (image_cache.get(processor, image_data) if image_cache is not None
+                  else processor.image_processor(images=list(image_data), return_tensors="pt"))
         merge = processor.image_processor.merge_size
         expected_pads = int(pixels["image_grid_thw"].prod(dim=-1).sum()) // (merge * merge)
         if expected_pads != num_image_pads:

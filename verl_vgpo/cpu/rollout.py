@@ -159,6 +159,7 @@ class HFCpuRolloutServer:
             raise HFCpuRolloutError(f"max_batch_size (rollout.max_num_seqs) must be >= 1, got {max_batch_size}")
         self.max_batch_size = int(max_batch_size)
         self.batch_sizes: list[int] = []  # rows of every generate call so far (serving statistics)
+        self.image_cache = generation.ImageInputsCache()  # the n samples of a prompt share its image
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._lock: Optional[asyncio.Lock] = None
         self._queue: list[_Request] = []
@@ -210,7 +211,8 @@ class HFCpuRolloutServer:
         params = dict(sampling_params)
         # validated here, per request: a bad request fails alone and never enters a batch
         max_new_tokens = resolve_max_new_tokens(params, len(prompt_ids), self.config)
-        inputs = generation.inputs_from_ids(prompt_ids, image_data, self.processor, self.hf_config)
+        inputs = generation.inputs_from_ids(prompt_ids, image_data, self.processor, self.hf_config,
+                                            image_cache=self.image_cache)
         settings = (
             float(params.get("temperature", 1.0)),
             float(params.get("top_p", 1.0)),
