@@ -2,6 +2,7 @@
 
     vgpo-experiment --out artifacts/experiment            # 3 seeds, full length (about an hour on 2 cores)
     vgpo-experiment --quick --out artifacts/experiment    # 2 seeds, few steps (under 20 minutes)
+    vgpo-experiment --task grid --out artifacts/experiment_grid   # the grid task (verl_vgpo.data.grid)
 
 Each (algorithm, seed) is one run of verl's real ``main_ppo`` through the CPU run script shipped with the
 package (the demo's: warm-started tiny VLM, strict 0/1 reward, greedy validation before the first step and
@@ -27,13 +28,17 @@ import time
 from pathlib import Path
 
 from verl_vgpo.apps import demo, runner
-from verl_vgpo.data import easy_vqa
+from verl_vgpo.data import easy_vqa, grid
 
 REPORT_FORMAT = "vgpo-experiment/1"
 ALGORITHMS = ("grpo", "vgpo")
 FULL = {"seeds": 3, "steps": 40}  # 6 runs of 8-10 min on 2 cores: about an hour (docs/experiments.md)
 QUICK = {"seeds": 2, "steps": 10}
 MIN_TIMEOUT_S = 120.0  # below this a run cannot even start Ray and validate once on 2 cores
+TASKS = ("easy-vqa", "grid")
+TASK_DATA_SOURCE = {"easy-vqa": easy_vqa.DATA_SOURCE, "grid": grid.DATA_SOURCE}
+# run-script knobs a task changes from the demo's: the grid chain is ~40 tokens (easy-vqa's ~12)
+TASK_KNOBS = {"easy-vqa": {}, "grid": {"RESPONSE_LENGTH": 64}}
 
 
 class ExperimentError(RuntimeError):
@@ -84,6 +89,35 @@ def claim_output_folder(out_dir: Path, settings: dict, overwrite: bool) -> None:
         raise ExperimentError(f"{out_dir} already holds an experiment's results ({what}); nothing was overwritten. "
                               "Use another --out folder or pass --overwrite")
     raise ExperimentError(f"{out_dir} is not empty and holds no experiment; refusing to write into it")
+
+
+def prepare_grid_inputs(model_dir: Path, data_dir: Path, family: str, train_size: int, val_size: int,
+                        warm_start: bool = True, build_data: bool = True) -> None:
+    """The grid task's warm start (``vgpo-tiny-vlm --warm-start --task grid``, cached) and parquet files,
+    built when missing or stale; a data folder of another task is refused."""
+    from verl_vgpo.cpu.warm_start import build_warm_start, task_settings
+
+    try:
+        easy_vqa._import_easy_vqa()
+        grid.check_data_folder(data_dir, grid.DATA_SOURCE, "grid")
+    except (easy_vqa.EasyVQAMissingError, grid.DataFolderError) as error:
+        raise ExperimentError(str(error)) from error
+    if warm_start:
+        build_warm_start(model_dir, task_settings("grid", family=family))  # what vgpo-tiny-vlm --task grid builds
+    elif not (model_dir / "config.json").exists():
+        raise ExperimentError(f"--model-dir {model_dir} holds no checkpoint")
+    wanted = {"task": "grid", "train_size": train_size, "val_size": val_size, "seed": 0}
+    record_path = data_dir / grid.SETTINGS_FILE
+    recorded = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if build_data and {key: recorded.get(key) for key in wanted} != wanted:
+        print(f"building grid parquet files in {data_dir} ({train_size} train, {val_size} held-out)", flush=True)
+        grid.write_splits(data_dir, train_size=train_size, val_size=val_size, seed=0, quiet=True)
+    try:
+        demo.check_model_has_image_tokens(model_dir)
+        for split_file in ("train.parquet", "test.parquet"):
+            demo.check_dataset_has_images(data_dir / split_file)
+    except demo.DemoError as error:
+        raise ExperimentError(str(error)) from error
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -183,7 +217,7 @@ def difference_statement(report: dict) -> str:
 
 def write_report_md(report: dict, path: Path, plots: list[str]) -> str:
     settings = report["settings"]
-    lines = ["# GRPO vs VGPO on CPU (warm-started tiny VLM, easy-vqa)", "",
+    lines = [f"# GRPO vs VGPO on CPU (warm-started tiny VLM, {settings.get('task', 'easy-vqa')})", "",
              f"{len(settings['seeds'])} seeds ({', '.join(map(str, settings['seeds']))}), {settings['steps']} steps each, "
              f"identical settings except `algorithm.adv_estimator`; greedy validation on {settings['knobs']['VAL_SIZE']} "
              f"held-out questions before the first and after the last step. Machine: {settings['machine']}. "
@@ -292,9 +326,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seed list (default 0..N-1)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    parser.add_argument("--task", default="easy-vqa", choices=TASKS,
+                        help="easy-vqa (default) or grid (verl_vgpo.data.grid: 2 x 2 grids, a chain of cells)")
     parser.add_argument("--family", default="qwen2_5_vl")
-    parser.add_argument("--model-dir", default=None, help="default: <out>/../tiny_vlm_warm_<family>")
-    parser.add_argument("--data-dir", default=None, help="default: <out>/../easy_vqa_experiment")
+    parser.add_argument("--model-dir", default=None,
+                        help="default: <out>/../tiny_vlm_warm_<family> (grid: tiny_vlm_warm_grid_<family>)")
+    parser.add_argument("--data-dir", default=None,
+                        help="default: <out>/../easy_vqa_experiment (grid: grid_experiment)")
     parser.add_argument("--train-size", type=int, default=demo.DEMO_SETTINGS["TRAIN_SIZE"])
     parser.add_argument("--val-size", type=int, default=demo.DEMO_SETTINGS["VAL_SIZE"])
     parser.add_argument("--questions", default=demo.DEMO_QUESTIONS, choices=easy_vqa.QUESTION_KINDS,
@@ -309,7 +347,7 @@ def main(argv=None) -> int:
     preset = QUICK if args.quick else FULL
     seeds = args.seeds if args.seeds is not None else list(range(preset["seeds"]))
     steps = args.steps if args.steps is not None else preset["steps"]
-    knobs = {**demo.DEMO_SETTINGS, "TRAIN_SIZE": args.train_size, "VAL_SIZE": args.val_size,
+    knobs = {**demo.DEMO_SETTINGS, **TASK_KNOBS[args.task], "TRAIN_SIZE": args.train_size, "VAL_SIZE": args.val_size,
              "VAL_BEFORE_TRAIN": "True", "TEST_FREQ": steps, "MODEL_FAMILY": args.family}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -317,11 +355,16 @@ def main(argv=None) -> int:
             parser.error(f"--set takes KNOB=VALUE of the run script's knobs (not ALGO/STEPS/SEED/paths), got {item!r}")
         knobs[key] = value
     out_dir = Path(args.out).resolve()
-    model_dir = Path(args.model_dir).resolve() if args.model_dir else out_dir.parent / f"tiny_vlm_warm_{args.family}"
-    data_dir = Path(args.data_dir).resolve() if args.data_dir else out_dir.parent / "easy_vqa_experiment"
+    is_grid = args.task == "grid"
+    default_model = f"tiny_vlm_warm_grid_{args.family}" if is_grid else f"tiny_vlm_warm_{args.family}"
+    model_dir = Path(args.model_dir).resolve() if args.model_dir else out_dir.parent / default_model
+    data_dir = (Path(args.data_dir).resolve() if args.data_dir
+                else out_dir.parent / ("grid_experiment" if is_grid else "easy_vqa_experiment"))
     settings = {"algorithms": args.algorithms, "seeds": seeds, "steps": steps, "family": args.family,
                 "knobs": knobs, "overrides": args.overrides, "model_dir": str(model_dir), "data_dir": str(data_dir),
-                "questions": args.questions}
+                "task": args.task}
+    if not is_grid:  # easy-vqa's question kinds do not apply to the grid
+        settings["questions"] = args.questions
     start = time.monotonic()
     dtype_line = None
     try:
@@ -331,12 +374,19 @@ def main(argv=None) -> int:
             raise ExperimentError(str(error)) from error
         print(dtype_line, flush=True)
         check_settings(args.algorithms, seeds, steps, knobs, args.timeout)
-        claim_output_folder(out_dir, settings, args.overwrite)
         try:
-            demo.prepare_inputs(model_dir, data_dir, args.family, args.train_size, args.val_size,
-                                questions=args.questions,
-                                **demo.given_folders_as_they_are(args.model_dir is not None, model_dir,
-                                                                 args.data_dir is not None, data_dir))
+            grid.check_data_folder(data_dir, TASK_DATA_SOURCE[args.task], args.task)
+        except grid.DataFolderError as error:
+            raise ExperimentError(str(error)) from error
+        claim_output_folder(out_dir, settings, args.overwrite)
+        given = demo.given_folders_as_they_are(args.model_dir is not None, model_dir, args.data_dir is not None,
+                                               data_dir)
+        try:
+            if is_grid:
+                prepare_grid_inputs(model_dir, data_dir, args.family, args.train_size, args.val_size, **given)
+            else:
+                demo.prepare_inputs(model_dir, data_dir, args.family, args.train_size, args.val_size,
+                                    questions=args.questions, **given)
         except demo.DemoError as error:
             raise ExperimentError(str(error)) from error
         (out_dir / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
