@@ -266,10 +266,10 @@ def grid_held_out(model, processor, eval_size: int, seed: int, max_new_tokens: i
             "cell_color_uniform": 1 / len(colors),
             "cell_color_best_constant": Counter(cell_colors).most_common(1)[0][1] / len(cell_colors),
         },
-        "cell_color_accuracy": [_share(p.get(cell + 1, ("", ""))[0] == s["cells"][cell][0] for p, s in zip(parsed, samples))
-                                for cell in range(grid.CELLS)],
-        "cell_shape_accuracy": [_share(p.get(cell + 1, ("", ""))[1] == s["cells"][cell][1] for p, s in zip(parsed, samples))
-                                for cell in range(grid.CELLS)],
+        "cell_color_accuracy": [_share(p.get(cell + 1, ("", ""))[0] == s["cells"][cell][0]
+                                       for p, s in zip(parsed, samples)) for cell in range(grid.CELLS)],
+        "cell_shape_accuracy": [_share(p.get(cell + 1, ("", ""))[1] == s["cells"][cell][1]
+                                       for p, s in zip(parsed, samples)) for cell in range(grid.CELLS)],
         "all_cells_named": _share(len(p) == grid.CELLS for p in parsed),
         "examples": [{"question": s["question"], "answer": s["answer"], "target": s["target"], "response": r}
                      for s, r in list(zip(samples, responses))[:5]],
@@ -329,8 +329,8 @@ def train(model, processor, settings: WarmStartSettings, progress: bool = True) 
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     losses = []
     model.train()
-    bar = tqdm(range(settings.steps), desc=f"warm start (SFT on {settings.task})", disable=not progress, file=sys.stdout,
-               mininterval=2.0)
+    bar = tqdm(range(settings.steps), desc=f"warm start (SFT on {settings.task})", disable=not progress,
+               file=sys.stdout, mininterval=2.0)
     for step in bar:
         batch = training_batch(processor, batch_samples(step))
         for group in optimizer.param_groups:

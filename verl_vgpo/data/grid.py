@@ -40,7 +40,8 @@ CELL_PIXELS = 64  # easy-vqa's image side
 GRID_SIDE = 2
 KINDS = ("color", "shape", "count")
 SETTINGS_FILE = "grid_settings.json"
-INSTRUCTION = f"Name the colour and the shape in cells 1 to 4, then give the answer as '{easy_vqa.ANSWER_MARKER} <one word>'."
+INSTRUCTION = ("Name the colour and the shape in cells 1 to 4, "
+               f"then give the answer as '{easy_vqa.ANSWER_MARKER} <one word>'.")
 # the colours easy-vqa's images actually use (its questions name two more that no image has)
 _IMAGE_COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 _CLAUSE = re.compile(r"cell\s+([1-4])\s+is\s+an?\s+(\w+)\s+(\w+)", flags=re.IGNORECASE)
@@ -90,7 +91,8 @@ def _source_images(split: str) -> list[dict]:
     in image-id order (easy_vqa.load_split reads the labels off the questions)."""
     images = {}
     for sample in easy_vqa.load_split(split):
-        images.setdefault(sample["image_id"], {key: sample[key] for key in ("image_id", "image_path", "color", "shape")})
+        images.setdefault(sample["image_id"],
+                          {key: sample[key] for key in ("image_id", "image_path", "color", "shape")})
     return [images[image_id] for image_id in sorted(images)]
 
 
