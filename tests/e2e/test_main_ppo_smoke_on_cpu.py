@@ -97,8 +97,7 @@ def test_vgpo_metrics_are_logged_finite_with_focus_for_every_image_sample(vgpo_r
 
 
 def assert_vgpo_step_metrics(record: dict) -> None:
-    """One logged VGPO step of an image-only run: finite metrics, a focus signal everywhere, weights in range
-    (also used by test_main_ppo_families_on_cpu.py)."""
+    """One logged VGPO step of an image-only run: finite metrics, a focus signal everywhere, weights in range."""
     vgpo_metrics = {key: value for key, value in record.items() if key.startswith("vgpo/")}
     for key in (*runner.PSI_METRICS, *runner.ALPHA_METRICS, runner.FOCUS_FIRST_METRIC, runner.FOCUS_LAST_METRIC,
                 "vgpo/focus/mean", "vgpo/no_signal_fraction", "vgpo/gate_pass_rate"):
