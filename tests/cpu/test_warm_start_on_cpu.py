@@ -80,17 +80,18 @@ def test_bad_settings_are_refused():
 
 
 def test_tiny_vlm_cli_builds_the_warm_start(tmp_path, monkeypatch):
-    from verl_vgpo.cpu import tiny_vlm_cli as tiny_vlm
+    from verl_vgpo.cpu import tiny_vlm_cli
+    from verl_vgpo.cpu.tiny_vlm import PRESETS, SETTINGS_FILE
 
     calls = []
     monkeypatch.setattr(warm_start, "build_warm_start", lambda out, settings, **kw: calls.append((out, settings, kw)))
-    tiny_vlm.main(["--warm-start", "--out", str(tmp_path / "m"), "--warm-steps", "7", "--family", "qwen2_5_vl"])
+    tiny_vlm_cli.main(["--warm-start", "--out", str(tmp_path / "m"), "--warm-steps", "7", "--family", "qwen2_5_vl"])
     (out, settings, overrides), = calls
     assert out == str(tmp_path / "m") and settings.steps == 7 and settings.family == "qwen2_5_vl" and overrides == {}
     assert settings.preset == "warm"  # the warm start's default preset; the random build's default stays "test"
-    tiny_vlm.main(["--out", str(tmp_path / "random")])
-    record = json.loads((tmp_path / "random" / tiny_vlm.SETTINGS_FILE).read_text())
-    assert record["size"]["min_pixels"] == tiny_vlm.PRESETS["test"].min_pixels and "image_mean" not in record["size"]
+    tiny_vlm_cli.main(["--out", str(tmp_path / "random")])
+    record = json.loads((tmp_path / "random" / SETTINGS_FILE).read_text())
+    assert record["size"]["min_pixels"] == PRESETS["test"].min_pixels and "image_mean" not in record["size"]
 
 
 def test_supervised_images_are_resized_as_verls_rl_dataset_resizes_them(tiny_vlm_path):

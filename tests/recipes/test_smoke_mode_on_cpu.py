@@ -119,3 +119,14 @@ def test_the_module_refuses_another_smoke_value_before_anything_runs(recorder, t
     monkeypatch.setenv("SMOKE", "tpu")
     assert smoke.main(["--script", name, "--user-args", str(user_argc), "--", *argv]) == 2
     assert "SMOKE must be one of cpu" in capsys.readouterr().err
+
+
+def test_smoke_reward_is_graded_and_constant_on_even_rows():
+    from verl_vgpo.rewards import smoke as smoke_reward
+
+    graded = [smoke_reward.compute_score("easy_vqa", f"Answer: {answer}", "blue", {"index": 1})["acc"]
+              for answer in ("blue", "blu", "red")]
+    assert graded[0] == 1.0 and graded[0] > graded[1] > graded[2]
+    # even rows: one accuracy for every response, so filter_groups evicts their groups in every smoke run
+    assert {smoke_reward.compute_score("easy_vqa", f"Answer: {a}", "blue", {"index": 4})["acc"]
+            for a in ("blue", "red")} == {0.0}

@@ -4,8 +4,9 @@ The recipes grade the last ``\\boxed{}`` strictly; a random tiny model never wri
 score 0, every group would share one accuracy, and ``filter_groups`` (on in the recipes) would evict them all.
 :func:`compute_score` keeps the recipe's 0/1-style accuracy metric but makes it reachable: the character
 similarity of the response's final answer to the reference (as in :mod:`verl_vgpo.rewards.exact_match`),
-rounded to quarters, is both ``score`` and ``acc``. Rollouts of one prompt then often differ (kept groups) and
-sometimes agree (evicted groups), so online filtering really acts.
+rounded to quarters, is both ``score`` and ``acc``. Rollouts of one prompt then often differ (kept groups). Rows of
+even ``extra_info["index"]`` score 0 whatever the answer, so their groups always agree and ``filter_groups`` evicts
+and refills in every smoke run, not only when the sampled answers happen to agree.
 
 :func:`compute_zero_score` returns 0 for everything: a run with it and ``filter_groups`` on must stop on its
 own (``algorithm.filter_groups.max_num_gen_batches``), which the smoke tests check.
@@ -27,6 +28,8 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     Extra keyword arguments (a recipe's ``reward_kwargs``, e.g. ``mode`` / ``format_weight``) are accepted and
     ignored, so a recipe's reward settings need no change in smoke mode.
     """
+    if int((extra_info or {}).get("index", 1)) % 2 == 0:
+        return {"score": 0.0, "acc": 0.0}
     answer = normalize_answer(_ground_truth_text(ground_truth))
     response = extract_answer(solution_str)
     similarity = difflib.SequenceMatcher(a=response, b=answer, autojunk=False).ratio()
