@@ -10,7 +10,7 @@ tier's budget (each run's wall time is printed):
   (``resume_mode=auto``); the only recipe run with a resume (resuming is the same verl code for every recipe);
 * 7B GRPO: 2 steps, no validation (the 7B VGPO run validates the same model family and reward);
 * Qwen3-VL-8B, Qwen3.5-9B: 2 steps with validation (their own model classes, patches and processors);
-* verl's own VLM example settings (deliverable 6) and Ulysses SP 2 share one 2-step run of the 7B recipe.
+* verl's own VLM example settings (fused kernels, low_var_kl reference model, balance_batch) and Ulysses SP 2 share one 2-step run of the 7B recipe.
 
 Checked per recipe: every step logged; VGPO metrics with ``vgpo/no_signal_fraction`` 0 (GRPO: none) and VGPO
 advantages that are not GRPO's on the same rollouts; optimiser steps per rollout batch = the recipe's

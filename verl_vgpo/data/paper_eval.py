@@ -19,7 +19,7 @@ mathverse_v     PAPO-Galaxy/PAPO_eval ``AI4Math_MathVerse_vision_dependent``  1,
 
 Sources: the split names and their image archives are PAPO-Eval's (``papo_eval/preprocess/prepare_data.py``,
 ``get_dataset_config``, and ``data/dataset_info.json`` in github.com/xhguo7/PAPO-Eval). The row counts are
-those reported by the issue that asked for this converter and by a third-party harness that reads the same
+those of the dataset listing and of a third-party harness that reads the same
 splits; they are checked only as a printed note, never enforced. GeoMath is not part of PAPO_eval: it is
 a file of Look-Back's evaluation data (``eval/utils/data_loaders.py:load_GeoMath_dataset`` in
 github.com/PKU-YuanGroup/Look-Back reads ``GeoMath/GeoMath-data.json`` with images relative to

@@ -14,8 +14,8 @@
   it accepts ``\\boxed{A or C}`` for ``C``, and a response with no box at all (content ``"None"``) for
   the answers ``N``, ``O`` and ``E``.
 
-``math_verify`` is optional: without it the ``lookback`` rule skips stage (2) and
-:func:`lookback_is_complete` says so (``vgpo-evaluate`` prints a warning and records it).
+``math_verify`` is a dependency of this package (setup.py); where it is missing anyway, the ``lookback`` rule
+skips stage (2) and :func:`lookback_is_complete` says so (``vgpo-evaluate`` prints a warning and records it).
 
 Plugged into verl or ``vgpo-evaluate --reward`` as ``pkg://verl_vgpo.rewards.paper_scoring:compute_score``
 (``reward_kwargs: {scoring: lookback}`` for the second rule).
