@@ -1,5 +1,5 @@
 """vgpo-experiment end to end, with verl's ``algorithm.filter_groups`` on: one seed, 2 steps per algorithm,
-each through verl's real ``main_ppo`` on the warm-started tiny VLM with the strict 0/1 reward.
+each through verl's real ``main_ppo`` on the warm-started tiny VLM with the smoke reward (verl_vgpo.rewards.smoke).
 
 One pair of runs checks:
 
@@ -74,6 +74,9 @@ def experiment_out(tmp_path_factory):
         "--",
         "algorithm.filter_groups.enable=True", "algorithm.filter_groups.metric=acc",
         "algorithm.filter_groups.max_inflight_gen_batches=2", "trainer.rollout_data_dir=rollouts",
+        # the smoke reward: graded on odd rows, 0 on even ones, so all-equal groups occur in every step of both runs
+        # (with the strict reward a 2-step run sometimes had none, and the eviction check failed by chance)
+        "reward.custom_reward_function.path=pkg://verl_vgpo.rewards.smoke", "reward.custom_reward_function.name=compute_score",
         # fp32 actor: the dumped focus is recomputed in an fp32 forward
         "+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32",
     ])
