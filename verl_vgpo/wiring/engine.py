@@ -42,12 +42,11 @@ import time
 
 import torch
 
-from verl_vgpo.focus import (  # noqa: F401  (focus_of_padded: the padded layout's scorer, named here for the tests)
+from verl_vgpo.focus import (
     FocusCaptureError,
     FocusHook,
     find_final_norm,
     focus_hook,
-    focus_of_padded,
     response_focus,
     visual_token_ids,
 )
