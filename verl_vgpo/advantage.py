@@ -292,16 +292,17 @@ def group_minmax_normalize(values: torch.Tensor, groups: torch.Tensor, num_group
 
     Returns (normalized (bs,), group mean of normalized per row (bs,)); rows that are not members get 0.
     """
-    inf = torch.tensor(float("inf"), device=values.device)
-    gmin = torch.full((num_groups,), float("inf"), device=values.device).scatter_reduce(
+    like = dict(device=values.device, dtype=values.dtype)
+    inf = torch.tensor(float("inf"), **like)
+    gmin = torch.full((num_groups,), float("inf"), **like).scatter_reduce(
         0, groups, torch.where(member, values, inf), reduce="amin"
     )
-    gmax = torch.full((num_groups,), float("-inf"), device=values.device).scatter_reduce(
+    gmax = torch.full((num_groups,), float("-inf"), **like).scatter_reduce(
         0, groups, torch.where(member, values, -inf), reduce="amax"
     )
     normalized = torch.where(member, (values - gmin[groups]) / (gmax[groups] - gmin[groups] + _MINMAX_EPS), 0.0)
-    count = torch.zeros(num_groups, device=values.device).index_add_(0, groups, member.to(torch.float32))
-    total = torch.zeros(num_groups, device=values.device).index_add_(0, groups, normalized)
+    count = torch.zeros(num_groups, **like).index_add_(0, groups, member.to(values.dtype))
+    total = torch.zeros(num_groups, **like).index_add_(0, groups, normalized)
     mean = total / count.clamp_min(1.0)
     return normalized, mean[groups]
 
@@ -356,12 +357,14 @@ def vgpo_weights(
     wmax = w.amax(dim=-1, keepdim=True)
     wmin = torch.mul(valid, -_FLT_MAX, out=scratch).add_(_FLT_MAX).add_(w).amin(dim=-1, keepdim=True)
     w_hat = w.sub_(wmin).mul_(valid).div_(wmax - wmin + _MINMAX_EPS)
-    w_hat_sum = w_hat.sum(dim=-1)
-    w_hat_mean = w_hat_sum / lengths.clamp_min(1).to(torch.float32)
+    # phi in float64: Eq. 10 min-max-normalises phi within a group, and float32 rounding of equal sums
+    # (~1e-7) would exceed its eps and turn a tie into a 0-vs-1 split; float64 rounding stays far below eps
+    w_hat_sum = w_hat.sum(dim=-1, dtype=torch.float64)
+    w_hat_mean = w_hat_sum / lengths.clamp_min(1).to(torch.float64)
 
     # Eq. 8 (1 at masked positions)
     psi_low, psi_high = cfg.token_weight_clip
-    psi = torch.sub(w_hat, w_hat_mean.unsqueeze(-1), out=scratch)
+    psi = torch.sub(w_hat, w_hat_mean.to(torch.float32).unsqueeze(-1), out=scratch)
     if psi_low <= 1.0 <= psi_high:  # masked positions: clip(0 + 1) = 1
         psi.mul_(valid).add_(1.0).clamp_(psi_low, psi_high)
     else:
@@ -372,7 +375,7 @@ def vgpo_weights(
     groups, num_groups = group_ids(index, rho.device)
     phi_hat, phi_hat_group_mean = group_minmax_normalize(phi, groups, num_groups, has_signal)
     alpha_low, alpha_high = cfg.trajectory_weight_clip
-    alpha = (1.0 + phi_hat - phi_hat_group_mean).clamp(alpha_low, alpha_high)
+    alpha = (1.0 + phi_hat - phi_hat_group_mean).clamp(alpha_low, alpha_high).to(torch.float32)
     alpha = torch.where(has_signal, alpha, torch.ones_like(alpha))
 
     return VGPOWeights(

@@ -49,7 +49,7 @@ def row_factors(rho: torch.Tensor, cfg: VGPOConfig) -> tuple[torch.Tensor, float
     w_hat = (w - w.min()) / (w.max() - w.min() + _EPS)
     lo, hi = cfg.token_weight_clip
     psi = torch.clamp(1 + w_hat - w_hat.mean(), lo, hi)
-    phi = float(w_hat.sum()) if cfg.accumulation == "sum" else float(w_hat.mean())
+    phi = float(w_hat.double().sum()) if cfg.accumulation == "sum" else float(w_hat.double().mean())
     return psi, phi, gate
 
 
@@ -74,7 +74,7 @@ def reference_weights(
             groups.setdefault(np.asarray(index)[i], []).append(i)
     lo, hi = cfg.trajectory_weight_clip
     for members in groups.values():
-        values = torch.tensor([phi[i] for i in members], dtype=torch.float32)
+        values = torch.tensor([phi[i] for i in members], dtype=torch.float64)
         normalized = (values - values.min()) / (values.max() - values.min() + _EPS)
         for j, i in enumerate(members):
             alpha[i] = float(torch.clamp(1 + normalized[j] - normalized.mean(), lo, hi))
