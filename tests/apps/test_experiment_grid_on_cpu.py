@@ -46,7 +46,8 @@ shared 2-core machine)."""
     # BATCH_SIZE x ROLLOUT_N = 16 samples: one micro-batch of the run script
     code = experiment.main(["--task", "grid", "--out", str(out), "--seeds", "0", "--steps", "1", "--algorithms",
                             "vgpo", "--model-dir", str(model), "--data-dir", str(tmp_path / "data"), "--train-size",
-                            "4", "--val-size", "4", "--set", "BATCH_SIZE=4", "ROLLOUT_N=4", "RESPONSE_LENGTH=48"])
+                            "4", "--val-size", "4", "--set", "BATCH_SIZE=4", "ROLLOUT_N=4", "RESPONSE_LENGTH=48",
+                            "--analyze-rows", "2"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["task"] == "grid" and report["settings"]["knobs"]["RESPONSE_LENGTH"] == "48"
@@ -56,4 +57,10 @@ shared 2-core machine)."""
     assert any(value is not None for value in vgpo["focus_first_third"][0])  # VGPO scored the grid's image tokens
     data = json.loads((tmp_path / "data" / grid.SETTINGS_FILE).read_text())
     assert data["task"] == "grid" and data["train_size"] == 4
-    assert "(warm-started tiny VLM, grid)" in (out / "report.md").read_text()
+    # the forgetting curve of the final checkpoint (saved by main_ppo as a Hugging Face copy) and of the start
+    final = vgpo["final_focus"][0]
+    assert final["responses"] == 2 and len(final["bins"]) == experiment.POSITION_BINS
+    assert (out / "runs" / "vgpo_seed0" / "checkpoints" / "global_step_1" / "actor" / "huggingface").is_dir()
+    assert report["before_rl_focus"]["responses"] == 2
+    text = (out / "report.md").read_text()
+    assert "(warm-started tiny VLM, grid)" in text and "| vgpo final |" in text and "| warm start (before RL) |" in text

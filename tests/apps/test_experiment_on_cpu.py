@@ -109,3 +109,51 @@ def test_unknown_algorithm_on_the_command_line(tmp_path, capsys):
     assert experiment.main(["--out", str(tmp_path / "x"), "--algorithms", "grpo", "dapo"]) == 1
     assert "unknown algorithm(s) ['dapo']" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _final_focus(bins):
+    first, last = bins[0], bins[-1]
+    return {"bins": list(bins), "first_third": first, "last_third": last, "last_over_first": last / first,
+            "responses": 10, "tokens": 400, "analysis": "x"}
+
+
+def test_forgetting_table_of_final_checkpoints(tmp_path):
+    report = _report()
+    report["settings"]["analyze_rows"] = 10
+    report["before_rl_focus"] = _final_focus([0.2, 0.2, 0.15, 0.1, 0.1])
+    report["algorithms"]["grpo"]["final_focus"] = [_final_focus([0.2, 0.2, 0.1, 0.1, 0.1]),
+                                                   _final_focus([0.2, 0.2, 0.1, 0.1, 0.12])]
+    report["algorithms"]["vgpo"]["final_focus"] = [_final_focus([0.2, 0.2, 0.2, 0.2, 0.2]),
+                                                   _final_focus([0.2, 0.2, 0.2, 0.2, 0.18])]
+    lines = experiment.forgetting_table(report)
+    text = "\n".join(lines)
+    assert "| model | 0.0-0.2 | 0.2-0.4 | 0.4-0.6 | 0.6-0.8 | 0.8-1.0 | first third | last third | last/first |" in text
+    assert "| warm start (before RL) | 0.200 ± 0.000 |" in text
+    assert "| grpo final | 0.200 ± 0.000 | 0.200 ± 0.000 | 0.100 ± 0.000 | 0.100 ± 0.000 | 0.110 ± 0.014 |" in text
+    # last/first: grpo 0.5, 0.6 (mean 0.55); vgpo 1.0, 0.9 (mean 0.95): +0.400 against sd 0.071
+    assert "VGPO minus GRPO: +0.400" in text and "0.071, so the difference exceeds the spread" in text
+    plots = experiment.plot_report(report, tmp_path)
+    assert "final_forgetting.png" in plots and (tmp_path / "final_forgetting.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Forgetting curve of the final checkpoints" in experiment.write_report_md(report, tmp_path / "r.md", plots)
+
+    report["algorithms"]["vgpo"]["final_focus"] = [None, None]
+    assert "were not analysed" in experiment.forgetting_statement(report)
+    assert experiment.forgetting_table(_report()) == []  # no analysis ran: no section
+
+
+def test_analyze_checkpoint_reads_the_curve_of_a_model(tmp_path):
+    """The helper the driver calls after each run: vgpo-analyze on the held-out parquet, bins from curve.csv."""
+    from verl_vgpo.cpu import warm_start
+    from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
+    from verl_vgpo.data import grid
+
+    model = build_tiny_vlm(tmp_path / "model", seed=0, preset="warm",
+                           **warm_start.task_size_overrides(warm_start.task_settings("grid")))
+    grid.write_splits(tmp_path / "data", train_size=1, val_size=3, quiet=True)
+    focus = experiment.analyze_checkpoint(model, "m", tmp_path / "data", tmp_path / "analysis", rows=2,
+                                          max_new_tokens=6)
+    assert focus["responses"] == 2 and len(focus["bins"]) == experiment.POSITION_BINS
+    assert all(isinstance(value, float) for value in focus["bins"])
+    assert focus["last_over_first"] == pytest.approx(focus["last_third"] / focus["first_third"])
+    with pytest.raises(experiment.ExperimentError, match="no Hugging Face checkpoint of step 3"):
+        experiment.final_hf_checkpoint(tmp_path, 3)

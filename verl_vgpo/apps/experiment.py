@@ -13,8 +13,13 @@ Writes to ``--out``:
   runs/<algo>_seed<k>/metrics.jsonl   each run's own metrics (verl's file logger truncates on resume)
   report.json                         {"settings": ..., "algorithms": {algo: {"seeds", "val_acc_before",
                                       "val_acc_after", "wall_s", per-step curves ...}}}
+  runs/<algo>_seed<k>/analysis/       vgpo-analyze of the run's final checkpoint on the held-out questions
+  analysis_before/                    vgpo-analyze of the warm start (the curve before RL)
   report.md                           mean ± sd tables, the measured difference against the seed spread, plots
-  curves.png, focus.png, forgetting.png
+  curves.png, focus.png, forgetting.png, final_forgetting.png
+
+The forgetting curve of the final checkpoints (``--analyze-rows`` held-out questions, greedy, ``vgpo-analyze``'s
+code) is measured for both algorithms alike: every run saves its last step as a Hugging Face checkpoint.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ REPORT_FORMAT = "vgpo-experiment/1"
 ALGORITHMS = ("grpo", "vgpo")
 FULL = {"seeds": 3, "steps": 40}  # 6 runs of 8-10 min on 2 cores: about an hour (docs/experiments.md)
 QUICK = {"seeds": 2, "steps": 10}
+# the grid's full run takes 5 seeds (its seed spread is what a difference is judged against)
+TASK_PRESETS = {"easy-vqa": {"full": FULL, "quick": QUICK},
+                "grid": {"full": {"seeds": 5, "steps": 30}, "quick": QUICK}}
+ANALYZE_ROWS = 100  # held-out questions vgpo-analyze scores per final checkpoint (0: no analysis)
+POSITION_BINS = 5  # as the training metric vgpo/focus/pos_bin_k
 MIN_TIMEOUT_S = 120.0  # below this a run cannot even start Ray and validate once on 2 cores
 TASKS = ("easy-vqa", "grid")
 TASK_DATA_SOURCE = {"easy-vqa": easy_vqa.DATA_SOURCE, "grid": grid.DATA_SOURCE}
@@ -146,16 +156,48 @@ def collect_run(records: list[dict], wall_s: float) -> dict:
     }
 
 
-def assemble_report(settings: dict, runs: dict[str, list[dict]]) -> dict:
+def final_checkpoint_overrides(steps: int) -> list[str]:
+    """Hydra overrides that make a run save its last step with a Hugging Face copy for vgpo-analyze."""
+    return [f"trainer.save_freq={steps}", "actor_rollout_ref.actor.checkpoint.save_contents=[model,hf_model]"]
+
+
+def final_hf_checkpoint(run_dir: Path, steps: int) -> Path:
+    path = run_dir / "checkpoints" / f"global_step_{steps}" / "actor" / "huggingface"
+    if not (path / "config.json").is_file():
+        raise ExperimentError(f"{run_dir.name}: no Hugging Face checkpoint of step {steps} at {path}")
+    return path
+
+
+def analyze_checkpoint(model: Path, label: str, data_dir: Path, out: Path, rows: int, max_new_tokens: int) -> dict:
+    """vgpo-analyze of one checkpoint on the held-out parquet: {"bins": mean focus per position bin,
+    "first_third", "last_third", "last_over_first", "responses", "tokens", "analysis"}."""
+    import csv
+
+    from verl_vgpo.apps import analyze
+
+    try:
+        summary = analyze.run(["--model", str(model), "--label", label, "--data", str(data_dir / "test.parquet"),
+                               "--out", str(out), "--max_rows", str(rows), "--max_new_tokens", str(max_new_tokens),
+                               "--bins", str(POSITION_BINS)])
+    except analyze.AnalyzeError as error:
+        raise ExperimentError(f"vgpo-analyze of {label}: {error}") from error
+    with open(out / "curve.csv", newline="") as handle:
+        bins = [float(row["mean_focus"]) if row["mean_focus"] else None for row in csv.DictReader(handle)]
+    entry = summary["models"][label]
+    return {"bins": bins, **{key: entry[key] for key in ("first_third", "last_third", "last_over_first",
+                                                         "responses", "tokens")}, "analysis": str(out)}
+
+
+def assemble_report(settings: dict, runs: dict[str, list[dict]], before_rl: dict | None = None) -> dict:
     """{"format", "settings", "algorithms": {algo: {"seeds": [...], field: [per seed, same order]}}}."""
     algorithms = {}
     for algo, seed_runs in runs.items():
         entry = {"seeds": [run["seed"] for run in seed_runs]}
         for field in ("val_acc_before", "val_acc_after", "steps", "wall_s", "reward", "step_time_s", "val_acc",
-                      "focus_first_third", "focus_last_third", "focus_pos_bins", "metrics_file"):
+                      "focus_first_third", "focus_last_third", "focus_pos_bins", "metrics_file", "final_focus"):
             entry[field] = [run.get(field) for run in seed_runs]
         algorithms[algo] = entry
-    return {"format": REPORT_FORMAT, "settings": settings, "algorithms": algorithms}
+    return {"format": REPORT_FORMAT, "settings": settings, "algorithms": algorithms, "before_rl_focus": before_rl}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -215,6 +257,47 @@ def difference_statement(report: dict) -> str:
             f"{verdict} the spread" + ("." if verdict == "exceeds" else " and is not evidence that either is better here."))
 
 
+def forgetting_statement(report: dict) -> str:
+    """VGPO minus GRPO in the final checkpoints' last third / first third focus, against the seed spread."""
+    ratios = {algo: _finite([(f or {}).get("last_over_first") for f in report["algorithms"][algo]["final_focus"]])
+              for algo in ("grpo", "vgpo") if algo in report["algorithms"]}
+    if set(ratios) != {"grpo", "vgpo"} or not all(ratios.values()):
+        return "The final checkpoints of both algorithms were not analysed: no difference to state."
+    difference = statistics.fmean(ratios["vgpo"]) - statistics.fmean(ratios["grpo"])
+    spreads = [statistics.stdev(v) for v in ratios.values() if len(v) > 1]
+    if not spreads:
+        return (f"Final checkpoints, last third / first third focus, VGPO minus GRPO: {difference:+.3f} with one "
+                "seed; no seed spread was measured.")
+    verdict = "exceeds" if abs(difference) > max(spreads) else "does not exceed"
+    return (f"Final checkpoints, last third / first third focus, VGPO minus GRPO: {difference:+.3f}; the larger "
+            f"seed-to-seed standard deviation is {max(spreads):.3f}, so the difference {verdict} the spread.")
+
+
+def forgetting_table(report: dict) -> list[str]:
+    """report.md lines: mean focus per response position of the warm start and of each algorithm's final
+    checkpoints (mean ± sd over seeds), first/last third and their ratio."""
+    rows = [("warm start (before RL)", [report["before_rl_focus"]])] if report.get("before_rl_focus") else []
+    rows += [(f"{algo} final", [f for f in entry.get("final_focus", []) if f])
+             for algo, entry in report["algorithms"].items()]
+    rows = [(name, focus) for name, focus in rows if focus]
+    if not rows:
+        return []
+    bins = len(rows[0][1][0]["bins"])
+    settings = report["settings"]
+    header = [f"{k / bins:.1f}-{(k + 1) / bins:.1f}" for k in range(bins)]
+    lines = ["## Forgetting curve of the final checkpoints", "",
+             f"`vgpo-analyze` on the first {settings.get('analyze_rows')} held-out questions, greedy: mean focus (cosine "
+             "of a response token's last hidden state to the mean image-token state) by relative position in the "
+             "response; mean ± sd over seeds.", "",
+             "| model | " + " | ".join(header) + " | first third | last third | last/first |",
+             "|---|" + "---|" * (bins + 3)]
+    for name, focus in rows:
+        cells = [_fmt(mean_sd([f["bins"][k] for f in focus])) for k in range(bins)]
+        cells += [_fmt(mean_sd([f[key] for f in focus])) for key in ("first_third", "last_third", "last_over_first")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + ["", forgetting_statement(report), ""]
+
+
 def write_report_md(report: dict, path: Path, plots: list[str]) -> str:
     settings = report["settings"]
     lines = [f"# GRPO vs VGPO on CPU (warm-started tiny VLM, {settings.get('task', 'easy-vqa')})", "",
@@ -232,6 +315,7 @@ def write_report_md(report: dict, path: Path, plots: list[str]) -> str:
                      f"{_fmt(row['step_time_s'], 2)} |")
     lines += ["", "mean ± sd over seeds; focus is computed by VGPO only (n/a for GRPO).", "",
               difference_statement(report), ""]
+    lines += forgetting_table(report)
     lines += [f"![{Path(name).stem}]({name})" for name in plots]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
@@ -306,7 +390,28 @@ def plot_report(report: dict, out_dir: Path) -> list[str]:
     figure.tight_layout()
     figure.savefig(out_dir / "forgetting.png", dpi=90)
     plt.close(figure)
-    return ["curves.png", "focus.png", "forgetting.png"]
+    names = ["curves.png", "focus.png", "forgetting.png"]
+
+    curves = [("warm start (before RL)", [report["before_rl_focus"]])] if report.get("before_rl_focus") else []
+    curves += [(f"{algo} final", [f for f in entry.get("final_focus", []) if f])
+               for algo, entry in report["algorithms"].items()]
+    curves = [(name, focus) for name, focus in curves if focus]
+    if curves:
+        figure, axis = plt.subplots(figsize=(6.5, 4.5))
+        for name, focus in curves:
+            data = np.array([[np.nan if v is None else v for v in f["bins"]] for f in focus], float)
+            centres = (np.arange(data.shape[1]) + 0.5) / data.shape[1]
+            mean, sd = np.nanmean(data, axis=0), np.nanstd(data, axis=0)
+            axis.plot(centres, mean, marker="o", label=f"{name} ({len(focus)})")
+            axis.fill_between(centres, mean - sd, mean + sd, alpha=0.2)
+        axis.set(title="focus by position, held-out questions (mean ± sd over seeds)",
+                 xlabel="relative position in response", ylabel="mean focus (cosine)")
+        axis.legend()
+        figure.tight_layout()
+        figure.savefig(out_dir / "final_forgetting.png", dpi=90)
+        plt.close(figure)
+        names.append("final_forgetting.png")
+    return names
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -322,7 +427,9 @@ def _machine() -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="artifacts/experiment")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK['seeds']} seeds, {QUICK['steps']} steps")
+    parser.add_argument("--quick", action="store_true",
+                        help="; ".join(f"{task}: {p['quick']['seeds']} seeds x {p['quick']['steps']} steps (full: "
+                                       f"{p['full']['seeds']} x {p['full']['steps']})" for task, p in TASK_PRESETS.items()))
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seed list (default 0..N-1)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
@@ -338,13 +445,18 @@ def main(argv=None) -> int:
     parser.add_argument("--questions", default=demo.DEMO_QUESTIONS, choices=easy_vqa.QUESTION_KINDS,
                         help="easy-vqa questions to train and validate on (default: the demo's, %(default)s)")
     parser.add_argument("--timeout", type=float, default=demo.RUN_TIMEOUT_S, help="wall-clock limit per run, seconds")
+    parser.add_argument("--analyze-rows", type=int, default=ANALYZE_ROWS,
+                        help="held-out questions vgpo-analyze scores per final checkpoint and for the warm start "
+                             "(0: no forgetting analysis, no checkpoint saved)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier experiment in --out")
     parser.add_argument("--set", nargs="+", default=[], metavar="KNOB=VALUE",
                         help="run-script knobs for every run alike, e.g. BATCH_SIZE=8 ROLLOUT_N=4 LR=1e-4")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, passed to every run alike")
     args = parser.parse_args(argv)
 
-    preset = QUICK if args.quick else FULL
+    if args.analyze_rows < 0:
+        parser.error(f"--analyze-rows must be >= 0, got {args.analyze_rows}")
+    preset = TASK_PRESETS[args.task]["quick" if args.quick else "full"]
     seeds = args.seeds if args.seeds is not None else list(range(preset["seeds"]))
     steps = args.steps if args.steps is not None else preset["steps"]
     knobs = {**demo.DEMO_SETTINGS, **TASK_KNOBS[args.task], "TRAIN_SIZE": args.train_size, "VAL_SIZE": args.val_size,
@@ -362,7 +474,7 @@ def main(argv=None) -> int:
                 else out_dir.parent / ("grid_experiment" if is_grid else "easy_vqa_experiment"))
     settings = {"algorithms": args.algorithms, "seeds": seeds, "steps": steps, "family": args.family,
                 "knobs": knobs, "overrides": args.overrides, "model_dir": str(model_dir), "data_dir": str(data_dir),
-                "task": args.task}
+                "task": args.task, "analyze_rows": args.analyze_rows}
     if not is_grid:  # easy-vqa's question kinds do not apply to the grid
         settings["questions"] = args.questions
     start = time.monotonic()
@@ -392,6 +504,13 @@ def main(argv=None) -> int:
         (out_dir / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
         for stale in ("report.json", "report.md"):
             (out_dir / stale).unlink(missing_ok=True)
+        response_length = int(knobs["RESPONSE_LENGTH"])
+        before_rl = None
+        if args.analyze_rows:
+            print(f"[warm start] vgpo-analyze on {args.analyze_rows} held-out questions", flush=True)
+            before_rl = analyze_checkpoint(model_dir, "warm_start", data_dir, out_dir / "analysis_before",
+                                           args.analyze_rows, response_length)
+        run_overrides = (final_checkpoint_overrides(steps) if args.analyze_rows else []) + list(args.overrides)
         runs: dict[str, list[dict]] = {algo: [] for algo in args.algorithms}
         for seed in seeds:  # seed-major: a stopped experiment still has both algorithms for the first seeds
             for algo in args.algorithms:
@@ -399,7 +518,7 @@ def main(argv=None) -> int:
                 print(f"[{name}] main_ppo algorithm.adv_estimator={algo} data.seed={seed}, {steps} steps", flush=True)
                 try:
                     result = runner.run_main_ppo(algo, steps, out_dir / "runs", model_dir, data_dir, args.timeout,
-                                               args.overrides, knobs={**knobs, "SEED": seed}, run_name=name)
+                                                 run_overrides, knobs={**knobs, "SEED": seed}, run_name=name)
                 except runner.RunError as error:
                     raise ExperimentError(str(error)) from error
                 records = runner.read_metrics(result["metrics_path"])
@@ -408,6 +527,10 @@ def main(argv=None) -> int:
                     raise ExperimentError(f"{name}: expected logged steps 1..{steps}, got {trained}")
                 run = {"seed": seed, "metrics_file": str(result["metrics_path"].relative_to(out_dir)),
                        **collect_run(records, result["wall_s"])}
+                if args.analyze_rows:
+                    run["final_focus"] = analyze_checkpoint(
+                        final_hf_checkpoint(result["run_dir"], steps), name, data_dir, result["run_dir"] / "analysis",
+                        args.analyze_rows, response_length)
                 runs[algo].append(run)
                 print(f"[{name}] validation accuracy {run['val_acc_before']} -> {run['val_acc_after']} "
                       f"({run['wall_s']:.0f}s)", flush=True)
@@ -418,7 +541,7 @@ def main(argv=None) -> int:
     settings["machine"] = _machine()
     settings["cpu_dtype"] = dtype_line
     settings["total_wall_s"] = round(time.monotonic() - start, 1)
-    report = assemble_report(settings, runs)
+    report = assemble_report(settings, runs, before_rl)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plots = plot_report(report, out_dir)
     print(write_report_md(report, out_dir / "report.md", plots))
