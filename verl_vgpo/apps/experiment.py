@@ -39,9 +39,9 @@ REPORT_FORMAT = "vgpo-experiment/1"
 ALGORITHMS = ("grpo", "vgpo")
 FULL = {"seeds": 3, "steps": 40}  # 6 runs of 8-10 min on 2 cores: about an hour (docs/experiments.md)
 QUICK = {"seeds": 2, "steps": 10}
-# the grid's full run takes 5 seeds (its seed spread is what a difference is judged against)
+# the grid's full run: 5 seeds (the seed spread judges a difference), 20 steps (about an hour on 2 cores)
 TASK_PRESETS = {"easy-vqa": {"full": FULL, "quick": QUICK},
-                "grid": {"full": {"seeds": 5, "steps": 30}, "quick": QUICK}}
+                "grid": {"full": {"seeds": 5, "steps": 20}, "quick": QUICK}}
 ANALYZE_ROWS = 100  # held-out questions vgpo-analyze scores per final checkpoint (0: no analysis)
 POSITION_BINS = 5  # as the training metric vgpo/focus/pos_bin_k
 MIN_TIMEOUT_S = 120.0  # below this a run cannot even start Ray and validate once on 2 cores
