@@ -357,8 +357,8 @@ def vgpo_weights(
     wmax = w.amax(dim=-1, keepdim=True)
     wmin = torch.mul(valid, -_FLT_MAX, out=scratch).add_(_FLT_MAX).add_(w).amin(dim=-1, keepdim=True)
     w_hat = w.sub_(wmin).mul_(valid).div_(wmax - wmin + _MINMAX_EPS)
-    # phi in float64: Eq. 10 min-max-normalises phi within a group, and float32 rounding of equal sums
-    # (~1e-7) would exceed its eps and turn a tie into a 0-vs-1 split; float64 rounding stays far below eps
+    # phi in float64: Eq. 10 min-max-normalises phi within a group, and the same float32 terms summed in
+    # another order differ by ~1e-7, above its eps, which would turn a tie into a 0-vs-1 split
     w_hat_sum = w_hat.sum(dim=-1, dtype=torch.float64)
     w_hat_mean = w_hat_sum / lengths.clamp_min(1).to(torch.float64)
 

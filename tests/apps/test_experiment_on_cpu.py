@@ -114,7 +114,7 @@ def test_unknown_algorithm_on_the_command_line(tmp_path, capsys):
 def _final_focus(bins):
     first, last = bins[0], bins[-1]
     return {"bins": list(bins), "first_third": first, "last_third": last, "last_over_first": last / first,
-            "responses": 10, "tokens": 400, "analysis": "x"}
+            "responses": 10, "tokens": 400}
 
 
 def test_forgetting_table_of_final_checkpoints(tmp_path):
@@ -157,3 +157,100 @@ def test_analyze_checkpoint_reads_the_curve_of_a_model(tmp_path):
     assert focus["last_over_first"] == pytest.approx(focus["last_third"] / focus["first_third"])
     with pytest.raises(experiment.ExperimentError, match="no Hugging Face checkpoint of step 3"):
         experiment.final_hf_checkpoint(tmp_path, 3)
+
+
+def test_forgetting_statement_with_one_algorithm():
+    report = _report()
+    del report["algorithms"]["grpo"]
+    report["algorithms"]["vgpo"]["final_focus"] = [_final_focus([0.2, 0.1, 0.1, 0.1, 0.1])] * 2
+    assert experiment.forgetting_statement(report) == "Only one algorithm was run: no difference to state."
+
+
+@pytest.mark.parametrize("override, analyze_rows", [
+    ("trainer.save_freq=-1", 100),
+    ("actor_rollout_ref.actor.checkpoint.save_contents=[model]", 100),
+    ("trainer.default_local_dir=/elsewhere", 100),
+    ("+trainer.resume_mode=auto", 0),
+])
+def test_overrides_of_checkpoint_keys_are_refused(override, analyze_rows):
+    with pytest.raises(experiment.ExperimentError, match="change how runs save or resume checkpoints"):
+        experiment.check_overrides(["actor_rollout_ref.actor.optim.lr=2e-4", override], analyze_rows)
+    if analyze_rows:  # without the analysis the run saves nothing, so only resume_mode matters
+        experiment.check_overrides([override], 0)
+
+
+@pytest.fixture
+def grid_inputs(tmp_path_factory):
+    from verl_vgpo.cpu import warm_start
+    from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
+    from verl_vgpo.data import grid
+
+    root = tmp_path_factory.mktemp("grid_inputs")
+    model = build_tiny_vlm(root / "model", seed=0, preset="warm",
+                           **warm_start.task_size_overrides(warm_start.task_settings("grid")))
+    grid.write_splits(root / "data", train_size=8, val_size=3, quiet=True)
+    return model, root / "data"
+
+
+def _fake_main_ppo(calls, save_checkpoint):
+    """Stands in for runner.run_main_ppo (no Ray here): records the overrides, writes two steps of metrics and,
+    like main_ppo with the experiment's checkpoint overrides, the last step's Hugging Face copy of the model."""
+    import shutil
+
+    def run(algo, steps, out_dir, model_dir, data_dir, timeout_s, overrides, knobs=None, run_name=None, **_):
+        calls.append(list(overrides))
+        run_dir = out_dir / run_name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = run_dir / "metrics.jsonl"
+        lines = [{"step": 0, "data": {"val-core/grid/acc/mean@1": 0.4}}]
+        lines += [{"step": s, "data": {demo.REWARD_METRIC: 0.3, demo.STEP_TIME_METRIC: 1.0}} for s in range(1, steps + 1)]
+        lines[-1]["data"]["val-core/grid/acc/mean@1"] = 0.45
+        metrics.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+        if save_checkpoint and f"trainer.save_freq={steps}" in overrides:
+            shutil.copytree(model_dir, run_dir / "checkpoints" / f"global_step_{steps}" / "actor" / "huggingface",
+                            dirs_exist_ok=True)
+        return {"wall_s": 1.0, "metrics_path": metrics, "log_path": run_dir / "main_ppo.log", "run_dir": run_dir}
+
+    return run
+
+
+def test_driver_analyses_final_checkpoints_and_keeps_user_overrides_last(tmp_path, grid_inputs, monkeypatch):
+    model, data = grid_inputs
+    calls = []
+    monkeypatch.setattr(experiment.runner, "run_main_ppo", _fake_main_ppo(calls, save_checkpoint=True))
+    out = tmp_path / "exp"
+    args = ["--task", "grid", "--out", str(out), "--seeds", "0", "--steps", "2", "--model-dir", str(model),
+            "--data-dir", str(data), "--train-size", "8", "--val-size", "3", "--set", "BATCH_SIZE=4",
+            "RESPONSE_LENGTH=6", "--analyze-rows", "2", "actor_rollout_ref.actor.optim.lr=3e-4"]
+    assert experiment.main(args) == 0
+    assert calls == [["trainer.resume_mode=disable", "trainer.save_freq=2",
+                      "actor_rollout_ref.actor.checkpoint.save_contents=[model,hf_model]",
+                      "actor_rollout_ref.actor.optim.lr=3e-4"]] * 2
+    report = json.loads((out / "report.json").read_text())
+    assert report["before_rl_focus"]["responses"] == 2
+    for algo in ("grpo", "vgpo"):
+        assert report["algorithms"][algo]["final_focus"][0]["responses"] == 2
+        assert (out / "runs" / f"{algo}_seed0" / "analysis" / "curve.csv").is_file()
+    assert "| grpo final |" in (out / "report.md").read_text()
+
+    # --analyze-rows 0: no checkpoint saved, no analysis
+    calls.clear()
+    assert experiment.main([*args[:-3], "--analyze-rows", "0", "--overwrite"]) == 0
+    assert calls == [["trainer.resume_mode=disable"]] * 2
+    report = json.loads((out / "report.json").read_text())
+    assert report["before_rl_focus"] is None and report["algorithms"]["vgpo"]["final_focus"] == [None]
+    assert "Forgetting curve" not in (out / "report.md").read_text()
+
+
+def test_a_failed_analysis_keeps_the_runs_results(tmp_path, grid_inputs, monkeypatch, capsys):
+    model, data = grid_inputs
+    monkeypatch.setattr(experiment.runner, "run_main_ppo", _fake_main_ppo([], save_checkpoint=False))
+    out = tmp_path / "exp"
+    assert experiment.main(["--task", "grid", "--out", str(out), "--seeds", "0", "--steps", "2", "--algorithms",
+                            "vgpo", "--model-dir", str(model), "--data-dir", str(data), "--train-size", "8",
+                            "--val-size", "3", "--set", "BATCH_SIZE=4", "RESPONSE_LENGTH=6",
+                            "--analyze-rows", "2"]) == 0
+    assert "forgetting analysis failed" in capsys.readouterr().err
+    vgpo = json.loads((out / "report.json").read_text())["algorithms"]["vgpo"]
+    assert vgpo["val_acc_after"] == [0.45] and vgpo["final_focus"] == [None]
+    assert "no Hugging Face checkpoint of step 2" in vgpo["final_focus_error"][0]

@@ -2,7 +2,8 @@
 
     vgpo-experiment --out artifacts/experiment            # 3 seeds, full length (about an hour on 2 cores)
     vgpo-experiment --quick --out artifacts/experiment    # 2 seeds, few steps (under 20 minutes)
-    vgpo-experiment --task grid --out artifacts/experiment_grid   # the grid task (verl_vgpo.data.grid)
+    vgpo-experiment --task grid --out artifacts/experiment_grid   # the grid task (verl_vgpo.data.grid): 5 seeds
+                                                                  # x 20 steps, about 40 minutes on 2 cores
 
 Each (algorithm, seed) is one run of verl's real ``main_ppo`` through the CPU run script shipped with the
 package (the demo's: warm-started tiny VLM, strict 0/1 reward, greedy validation before the first step and
@@ -39,7 +40,7 @@ REPORT_FORMAT = "vgpo-experiment/1"
 ALGORITHMS = ("grpo", "vgpo")
 FULL = {"seeds": 3, "steps": 40}  # 6 runs of 8-10 min on 2 cores: about an hour (docs/experiments.md)
 QUICK = {"seeds": 2, "steps": 10}
-# the grid's full run: 5 seeds (the seed spread judges a difference), 20 steps (about an hour on 2 cores)
+# the grid's full run: 5 seeds (the seed spread judges a difference), 20 steps (10 runs of 3.5 min on 2 cores)
 TASK_PRESETS = {"easy-vqa": {"full": FULL, "quick": QUICK},
                 "grid": {"full": {"seeds": 5, "steps": 20}, "quick": QUICK}}
 ANALYZE_ROWS = 100  # held-out questions vgpo-analyze scores per final checkpoint (0: no analysis)
@@ -156,9 +157,27 @@ def collect_run(records: list[dict], wall_s: float) -> dict:
     }
 
 
+# every run starts from the warm start: a checkpoint left in its folder by an earlier run (--overwrite) is not resumed
+RUN_OVERRIDES = ["trainer.resume_mode=disable"]
+# the keys the final-checkpoint analysis sets; a user override of one would leave the analysis without its checkpoint
+CHECKPOINT_KEYS = ("trainer.save_freq", "trainer.default_local_dir", "trainer.resume_mode",
+                   "actor_rollout_ref.actor.checkpoint.")
+
+
 def final_checkpoint_overrides(steps: int) -> list[str]:
     """Hydra overrides that make a run save its last step with a Hugging Face copy for vgpo-analyze."""
     return [f"trainer.save_freq={steps}", "actor_rollout_ref.actor.checkpoint.save_contents=[model,hf_model]"]
+
+
+def check_overrides(overrides: list[str], analyze_rows: int) -> None:
+    """Refuse, before anything runs, a user override of a key the experiment's own run settings rely on."""
+    keys = CHECKPOINT_KEYS if analyze_rows else ("trainer.resume_mode",)
+    clashing = [item for item in overrides if item.lstrip("+~").split("=", 1)[0].startswith(keys)]
+    if clashing:
+        raise ExperimentError(
+            f"override(s) {clashing} change how runs save or resume checkpoints, which the experiment sets itself "
+            "(each run starts from the warm start; with --analyze-rows > 0 it saves its last step for vgpo-analyze); "
+            "drop them" + (" or pass --analyze-rows 0" if analyze_rows else ""))
 
 
 def final_hf_checkpoint(run_dir: Path, steps: int) -> Path:
@@ -170,7 +189,7 @@ def final_hf_checkpoint(run_dir: Path, steps: int) -> Path:
 
 def analyze_checkpoint(model: Path, label: str, data_dir: Path, out: Path, rows: int, max_new_tokens: int) -> dict:
     """vgpo-analyze of one checkpoint on the held-out parquet: {"bins": mean focus per position bin,
-    "first_third", "last_third", "last_over_first", "responses", "tokens", "analysis"}."""
+    "first_third", "last_third", "last_over_first", "responses", "tokens"} (the files are in ``out``)."""
     import csv
 
     from verl_vgpo.apps import analyze
@@ -185,7 +204,7 @@ def analyze_checkpoint(model: Path, label: str, data_dir: Path, out: Path, rows:
         bins = [float(row["mean_focus"]) if row["mean_focus"] else None for row in csv.DictReader(handle)]
     entry = summary["models"][label]
     return {"bins": bins, **{key: entry[key] for key in ("first_third", "last_third", "last_over_first",
-                                                         "responses", "tokens")}, "analysis": str(out)}
+                                                         "responses", "tokens")}}
 
 
 def assemble_report(settings: dict, runs: dict[str, list[dict]], before_rl: dict | None = None) -> dict:
@@ -194,7 +213,8 @@ def assemble_report(settings: dict, runs: dict[str, list[dict]], before_rl: dict
     for algo, seed_runs in runs.items():
         entry = {"seeds": [run["seed"] for run in seed_runs]}
         for field in ("val_acc_before", "val_acc_after", "steps", "wall_s", "reward", "step_time_s", "val_acc",
-                      "focus_first_third", "focus_last_third", "focus_pos_bins", "metrics_file", "final_focus"):
+                      "focus_first_third", "focus_last_third", "focus_pos_bins", "metrics_file", "final_focus",
+                      "final_focus_error"):
             entry[field] = [run.get(field) for run in seed_runs]
         algorithms[algo] = entry
     return {"format": REPORT_FORMAT, "settings": settings, "algorithms": algorithms, "before_rl_focus": before_rl}
@@ -259,9 +279,12 @@ def difference_statement(report: dict) -> str:
 
 def forgetting_statement(report: dict) -> str:
     """VGPO minus GRPO in the final checkpoints' last third / first third focus, against the seed spread."""
-    ratios = {algo: _finite([(f or {}).get("last_over_first") for f in report["algorithms"][algo]["final_focus"]])
-              for algo in ("grpo", "vgpo") if algo in report["algorithms"]}
-    if set(ratios) != {"grpo", "vgpo"} or not all(ratios.values()):
+    algorithms = report["algorithms"]
+    if not {"grpo", "vgpo"} <= algorithms.keys():
+        return "Only one algorithm was run: no difference to state."
+    ratios = {algo: _finite([(f or {}).get("last_over_first") for f in algorithms[algo].get("final_focus", [])])
+              for algo in ("grpo", "vgpo")}
+    if not all(ratios.values()):
         return "The final checkpoints of both algorithms were not analysed: no difference to state."
     difference = statistics.fmean(ratios["vgpo"]) - statistics.fmean(ratios["grpo"])
     spreads = [statistics.stdev(v) for v in ratios.values() if len(v) > 1]
@@ -283,10 +306,10 @@ def forgetting_table(report: dict) -> list[str]:
     if not rows:
         return []
     bins = len(rows[0][1][0]["bins"])
-    settings = report["settings"]
+    responses = sorted({f["responses"] for _, focus in rows for f in focus})
     header = [f"{k / bins:.1f}-{(k + 1) / bins:.1f}" for k in range(bins)]
     lines = ["## Forgetting curve of the final checkpoints", "",
-             f"`vgpo-analyze` on the first {settings.get('analyze_rows')} held-out questions, greedy: mean focus (cosine "
+             f"`vgpo-analyze` on the first {'/'.join(map(str, responses))} held-out questions, greedy: mean focus (cosine "
              "of a response token's last hidden state to the mean image-token state) by relative position in the "
              "response; mean ± sd over seeds.", "",
              "| model | " + " | ".join(header) + " | first third | last third | last/first |",
@@ -486,6 +509,7 @@ def main(argv=None) -> int:
             raise ExperimentError(str(error)) from error
         print(dtype_line, flush=True)
         check_settings(args.algorithms, seeds, steps, knobs, args.timeout)
+        check_overrides(args.overrides, args.analyze_rows)
         try:
             grid.check_data_folder(data_dir, TASK_DATA_SOURCE[args.task], args.task)
         except grid.DataFolderError as error:
@@ -510,7 +534,8 @@ def main(argv=None) -> int:
             print(f"[warm start] vgpo-analyze on {args.analyze_rows} held-out questions", flush=True)
             before_rl = analyze_checkpoint(model_dir, "warm_start", data_dir, out_dir / "analysis_before",
                                            args.analyze_rows, response_length)
-        run_overrides = (final_checkpoint_overrides(steps) if args.analyze_rows else []) + list(args.overrides)
+        run_overrides = [*RUN_OVERRIDES, *(final_checkpoint_overrides(steps) if args.analyze_rows else []),
+                         *args.overrides]
         runs: dict[str, list[dict]] = {algo: [] for algo in args.algorithms}
         for seed in seeds:  # seed-major: a stopped experiment still has both algorithms for the first seeds
             for algo in args.algorithms:
@@ -528,9 +553,14 @@ def main(argv=None) -> int:
                 run = {"seed": seed, "metrics_file": str(result["metrics_path"].relative_to(out_dir)),
                        **collect_run(records, result["wall_s"])}
                 if args.analyze_rows:
-                    run["final_focus"] = analyze_checkpoint(
-                        final_hf_checkpoint(result["run_dir"], steps), name, data_dir, result["run_dir"] / "analysis",
-                        args.analyze_rows, response_length)
+                    try:
+                        run["final_focus"] = analyze_checkpoint(
+                            final_hf_checkpoint(result["run_dir"], steps), name, data_dir,
+                            result["run_dir"] / "analysis", args.analyze_rows, response_length)
+                    except Exception as error:  # an add-on: the runs' results are kept and reported without it
+                        run["final_focus"], run["final_focus_error"] = None, f"{type(error).__name__}: {error}"
+                        print(f"[{name}] forgetting analysis failed, reported as missing: {run['final_focus_error']}",
+                              file=sys.stderr, flush=True)
                 runs[algo].append(run)
                 print(f"[{name}] validation accuracy {run['val_acc_before']} -> {run['val_acc_after']} "
                       f"({run['wall_s']:.0f}s)", flush=True)
