@@ -256,6 +256,12 @@ def algorithm_table_row(entry: dict) -> dict:
             "focus_last_over_first": mean_sd(ratio), "step_time_s": mean_sd(step_time)}
 
 
+def difference_and_spread(grpo: list[float], vgpo: list[float]) -> tuple[float, float | None]:
+    """(mean VGPO - mean GRPO, the larger of the two seed-to-seed sample sds; None with one seed each)."""
+    spreads = [statistics.stdev(v) for v in (grpo, vgpo) if len(v) > 1]
+    return statistics.fmean(vgpo) - statistics.fmean(grpo), max(spreads) if spreads else None
+
+
 def difference_statement(report: dict) -> str:
     """A plain statement of VGPO minus GRPO in final validation accuracy against the seed-to-seed spread."""
     algorithms = report["algorithms"]
@@ -264,13 +270,11 @@ def difference_statement(report: dict) -> str:
     grpo, vgpo = (_finite(algorithms[a]["val_acc_after"]) for a in ("grpo", "vgpo"))
     if not grpo or not vgpo:
         return "Final validation accuracy is missing for an algorithm: no difference to state."
-    difference = statistics.fmean(vgpo) - statistics.fmean(grpo)
-    spreads = [statistics.stdev(v) for v in (grpo, vgpo) if len(v) > 1]
+    difference, spread = difference_and_spread(grpo, vgpo)
     seeds = len(algorithms["vgpo"]["seeds"])
-    if not spreads:
+    if spread is None:
         return (f"Final greedy validation accuracy, VGPO minus GRPO: {difference * 100:+.1f} points with one seed; "
                 "no seed-to-seed spread was measured, so nothing can be said about whether it is more than noise.")
-    spread = max(spreads)
     verdict = ("exceeds" if abs(difference) > spread else "does not exceed")
     return (f"Final greedy validation accuracy, VGPO minus GRPO: {difference * 100:+.1f} points (mean over {seeds} "
             f"seeds); the larger seed-to-seed standard deviation is {spread * 100:.1f} points, so the difference "
@@ -286,23 +290,28 @@ def forgetting_statement(report: dict) -> str:
               for algo in ("grpo", "vgpo")}
     if not all(ratios.values()):
         return "The final checkpoints of both algorithms were not analysed: no difference to state."
-    difference = statistics.fmean(ratios["vgpo"]) - statistics.fmean(ratios["grpo"])
-    spreads = [statistics.stdev(v) for v in ratios.values() if len(v) > 1]
-    if not spreads:
+    difference, spread = difference_and_spread(ratios["grpo"], ratios["vgpo"])
+    if spread is None:
         return (f"Final checkpoints, last third / first third focus, VGPO minus GRPO: {difference:+.3f} with one "
                 "seed; no seed spread was measured.")
-    verdict = "exceeds" if abs(difference) > max(spreads) else "does not exceed"
+    verdict = "exceeds" if abs(difference) > spread else "does not exceed"
     return (f"Final checkpoints, last third / first third focus, VGPO minus GRPO: {difference:+.3f}; the larger "
-            f"seed-to-seed standard deviation is {max(spreads):.3f}, so the difference {verdict} the spread.")
+            f"seed-to-seed standard deviation is {spread:.3f}, so the difference {verdict} the spread.")
+
+
+def forgetting_rows(report: dict) -> list[tuple[str, list[dict]]]:
+    """[(name, analysed entries)] of the warm start and of each algorithm's final checkpoints; only those with
+    at least one analysis (report.md's table and final_forgetting.png show the same rows)."""
+    rows = [("warm start (before RL)", [report["before_rl_focus"]])] if report.get("before_rl_focus") else []
+    rows += [(f"{algo} final", [f for f in entry.get("final_focus", []) if f])
+             for algo, entry in report["algorithms"].items()]
+    return [(name, focus) for name, focus in rows if focus]
 
 
 def forgetting_table(report: dict) -> list[str]:
     """report.md lines: mean focus per response position of the warm start and of each algorithm's final
     checkpoints (mean ± sd over seeds), first/last third and their ratio."""
-    rows = [("warm start (before RL)", [report["before_rl_focus"]])] if report.get("before_rl_focus") else []
-    rows += [(f"{algo} final", [f for f in entry.get("final_focus", []) if f])
-             for algo, entry in report["algorithms"].items()]
-    rows = [(name, focus) for name, focus in rows if focus]
+    rows = forgetting_rows(report)
     if not rows:
         return []
     bins = len(rows[0][1][0]["bins"])
@@ -415,10 +424,7 @@ def plot_report(report: dict, out_dir: Path) -> list[str]:
     plt.close(figure)
     names = ["curves.png", "focus.png", "forgetting.png"]
 
-    curves = [("warm start (before RL)", [report["before_rl_focus"]])] if report.get("before_rl_focus") else []
-    curves += [(f"{algo} final", [f for f in entry.get("final_focus", []) if f])
-               for algo, entry in report["algorithms"].items()]
-    curves = [(name, focus) for name, focus in curves if focus]
+    curves = forgetting_rows(report)
     if curves:
         figure, axis = plt.subplots(figsize=(6.5, 4.5))
         for name, focus in curves:
