@@ -141,17 +141,10 @@ def test_forgetting_table_of_final_checkpoints(tmp_path):
     assert experiment.forgetting_table(_report()) == []  # no analysis ran: no section
 
 
-def test_analyze_checkpoint_reads_the_curve_of_a_model(tmp_path):
+def test_analyze_checkpoint_reads_the_curve_of_a_model(tmp_path, grid_inputs):
     """The helper the driver calls after each run: vgpo-analyze on the held-out parquet, bins from curve.csv."""
-    from verl_vgpo.cpu import warm_start
-    from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
-    from verl_vgpo.data import grid
-
-    model = build_tiny_vlm(tmp_path / "model", seed=0, preset="warm",
-                           **warm_start.task_size_overrides(warm_start.task_settings("grid")))
-    grid.write_splits(tmp_path / "data", train_size=1, val_size=3, quiet=True)
-    focus = experiment.analyze_checkpoint(model, "m", tmp_path / "data", tmp_path / "analysis", rows=2,
-                                          max_new_tokens=6)
+    model, data = grid_inputs
+    focus = experiment.analyze_checkpoint(model, "m", data, tmp_path / "analysis", rows=2, max_new_tokens=6)
     assert focus["responses"] == 2 and len(focus["bins"]) == experiment.POSITION_BINS
     assert all(isinstance(value, float) for value in focus["bins"])
     assert focus["last_over_first"] == pytest.approx(focus["last_third"] / focus["first_third"])
@@ -179,7 +172,7 @@ def test_overrides_of_checkpoint_keys_are_refused(override, analyze_rows):
         experiment.check_overrides([override], 0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")  # read-only for the tests: built once
 def grid_inputs(tmp_path_factory):
     from verl_vgpo.cpu import warm_start
     from verl_vgpo.cpu.tiny_vlm import build_tiny_vlm
