@@ -98,6 +98,18 @@ def test_user_data_and_model_are_used_when_given(recorder, tmp_path):
     assert plan.data_dir is None
 
 
+def test_the_users_external_modules_reach_the_driver_and_the_workers(recorder, tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    plan = plan_for("run_qwen2_5_vl_7b_vgpo.sh", recorder, tmp_path, VERL_USE_EXTERNAL_MODULES="my_plugin")
+    expected = f"my_plugin,{smoke.STANDIN_MODULE}"
+    assert plan.env["VERL_USE_EXTERNAL_MODULES"] == expected
+    key = "ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES"
+    (arg,) = [arg for arg in plan.argv if arg.partition("=")[0].lstrip("+") == key]
+    # a bare comma would be a Hydra sweep: the value must come back as this one string
+    assert OverridesParser.create().parse_override(arg).value() == expected
+
+
 def test_bad_input_is_refused_with_what_to_change(recorder, tmp_path):
     with pytest.raises(smoke.SmokeError, match="SMOKE must be one of cpu .*got 'gpu'"):
         plan_for("run_qwen2_5_vl_7b_vgpo.sh", recorder, tmp_path, SMOKE="gpu")

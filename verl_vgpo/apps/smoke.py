@@ -78,6 +78,8 @@ class Swap:
             text = str(value)
         elif isinstance(value, (list, tuple)):
             text = "[" + ",".join(str(v) for v in value) + "]"
+        elif isinstance(value, str) and "," in value:
+            text = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"  # unquoted, Hydra reads a sweep
         else:
             text = str(value)
         return f"{'+' if self.new else ''}{self.key}={text}"
@@ -266,8 +268,10 @@ def build_plan(script: str, main_ppo_argv: list[str], user_argc: int, environ: d
     swap("ray_kwargs.ray_init.num_gpus", DATA_PARALLEL_RANKS, "Ray: verl counts GPUs; declared, never requested")
     swap("ray_kwargs.ray_init.resources.verl_cpu_device", DATA_PARALLEL_RANKS, "Ray: the CPU platform's device slots")
     swap("ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM", "cpu", "workers: CPU platform")
-    swap("ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES", STANDIN_MODULE,
-         "workers: flash-attn kernel stand-in (never loads where flash-attn is installed)")
+    external_modules = ",".join(m for m in (environ.get("VERL_USE_EXTERNAL_MODULES", ""), STANDIN_MODULE) if m)
+    swap("ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES", external_modules,
+         "workers: your VERL_USE_EXTERNAL_MODULES plus the flash-attn kernel stand-in (never loads where flash-attn "
+         "is installed)")
     swap("actor_rollout_ref.rollout.agent.num_workers", 1, "workers: one agent-loop worker (2 cores)")
     swap("reward.num_workers", 1, "workers: one reward worker (2 cores)")
     swap("transfer_queue.backend.SimpleStorage.num_data_storage_units", 1, "workers: one storage unit (2 cores)")
@@ -328,8 +332,7 @@ def build_plan(script: str, main_ppo_argv: list[str], user_argc: int, environ: d
         "OMP_NUM_THREADS": environ.get("OMP_NUM_THREADS") or "1",
         "TOKENIZERS_PARALLELISM": "false",
         "VERL_FILE_LOGGER_PATH": str(out_dir / "metrics.jsonl"),
-        "VERL_USE_EXTERNAL_MODULES": ",".join(
-            m for m in (environ.get("VERL_USE_EXTERNAL_MODULES", ""), STANDIN_MODULE) if m),
+        "VERL_USE_EXTERNAL_MODULES": external_modules,
     }
     notes = [f"the reward is swapped (the recipe's cannot score a random tiny model): {s.smoke}"
              for s in swaps if s.key == "reward.custom_reward_function.path"]
