@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -161,3 +162,56 @@ def test_given_data_built_with_other_questions_is_refused(tmp_path):
     with pytest.raises(demo.DemoError, match="built with all questions, not open"):
         demo.prepare_inputs(tmp_path / "model", data, "qwen2_5_vl", 8, 4, warm_start=False, build_data=False,
                             questions="open")
+
+
+def _dump(path, rows):
+    """A verl validation dump (trainer.validation_data_dir/<step>.jsonl): one record per question."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"input": "q", "output": output, "gts": truth, "score": acc, "acc": acc,
+                                        "step": 0}) + "\n" for output, truth, acc in rows))
+
+
+def test_accuracy_by_kind_shows_answers_moved_toward_one_shape(tmp_path):
+    rows = [("I see a red circle. Answer: circle", "circle", 1.0), ("I see a red circle. Answer: circle", "triangle", 0.0),
+            ("I see a red circle. Answer: Circle.", "circle", 1.0), ("I see a blue square. Answer: yes", "no", 0.0),
+            ("I see a teal triangle. Answer: teal", "teal", 1.0)]
+    _dump(tmp_path / "0.jsonl", rows)
+    by_kind = demo.validation_by_kind(tmp_path / "0.jsonl")
+    assert by_kind == {
+        "yes/no": {"n": 1, "acc": 0.0, "answers": {"yes": 1}, "truth": {"no": 1}},
+        "colour": {"n": 1, "acc": 1.0, "answers": {"teal": 1}, "truth": {"teal": 1}},
+        "shape": {"n": 3, "acc": 0.6667, "answers": {"circle": 3}, "truth": {"circle": 2, "triangle": 1}}}
+    _dump(tmp_path / "bad" / "0.jsonl", [("Answer: x", "maybe", 0.0)])
+    with pytest.raises(ValueError, match="'maybe' is not an easy-vqa answer"):
+        demo.validation_by_kind(tmp_path / "bad" / "0.jsonl")
+    assert demo.by_kind_summary(tmp_path / "none", 3) is None
+
+
+def test_the_demo_reports_accuracy_by_kind_from_verls_validation_dumps(tmp_path, monkeypatch, capsys):
+    """demo.main with stand-ins for the inputs and for main_ppo (which writes verl's file-logger records and
+    validation dumps where the demo's override tells it): summary.json and summary.md get the accuracy by kind."""
+    seen = {}
+
+    def fake_run(algo, steps, out_dir, model_dir, data_dir, timeout_s, extra_overrides, knobs):
+        seen["overrides"] = extra_overrides
+        key, value = extra_overrides[0].split("=", 1)
+        assert key == "trainer.validation_data_dir"
+        _dump(Path(value) / "0.jsonl", [("Answer: circle", "triangle", 0.0), ("Answer: yes", "yes", 1.0)])
+        _dump(Path(value) / f"{steps}.jsonl", [("Answer: triangle", "triangle", 1.0), ("Answer: yes", "yes", 1.0)])
+        metrics = out_dir / algo / "metrics.jsonl"
+        acc = "val-core/easy_vqa/acc/mean@1"
+        metrics.write_text("\n".join([_record(0, **{acc: 0.5}), _record(1, **{acc: 1.0})]) + "\n")
+        return {"wall_s": 1.0, "metrics_path": metrics}
+
+    monkeypatch.setattr(demo, "prepare_inputs", lambda *args, **kwargs: None)
+    monkeypatch.setattr(demo, "run_main_ppo", fake_run)
+    out = tmp_path / "out"
+    assert demo.main(["--out", str(out), "--steps", "1", "--algo", "grpo", "trainer.test_freq=1"]) == 0
+    assert seen["overrides"] == [f"trainer.validation_data_dir={out / 'grpo' / demo.VALIDATION_DIR}", "trainer.test_freq=1"]
+    summary = json.loads((out / "summary.json").read_text())["grpo"]
+    assert (summary["val_acc_before"], summary["val_acc_after"]) == (0.5, 1.0)
+    assert summary["val_by_kind"]["after"]["shape"] == {"n": 1, "acc": 1.0, "answers": {"triangle": 1},
+                                                          "truth": {"triangle": 1}}
+    assert summary["val_by_kind"]["before"]["shape"]["answers"] == {"circle": 1}
+    assert "| grpo | shape | 1 | 0 | 1 | triangle 1 | circle 1 | triangle 1 |" in (out / "summary.md").read_text()
+    assert "[grpo]   shape (1 questions): 0 -> 1; answers after: triangle 1" in capsys.readouterr().out

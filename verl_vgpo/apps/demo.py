@@ -11,7 +11,9 @@ a hard wall-clock limit, strict 0/1 reward, greedy validation before the first s
 Progress is printed per step; verl's ``file`` logger writes every step's metrics to ``<out>/<algo>/metrics.jsonl``.
 Afterwards: ``<out>/demo.png`` (validation accuracy, reward, focus over response position per step, focus
 first vs last third, psi and alpha ranges), ``<out>/summary.json``
-(``{algo: {val_acc_before, val_acc_after, steps, wall_s}}``) and ``<out>/summary.md``.
+(``{algo: {val_acc_before, val_acc_after, steps, wall_s, val_by_kind}}``; ``val_by_kind``: accuracy and answers
+per question kind before and after, from verl's validation dumps in ``<out>/<algo>/validation/``) and
+``<out>/summary.md``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ DEMO_STEPS = 60
 # per main_ppo run: a 60-step run takes about 800 s on 2 idle cores, about twice that beside other jobs
 RUN_TIMEOUT_S = 2400.0
 DEMO_QUESTIONS = "all"
+# per run: verl's trainer.validation_data_dir (one <step>.jsonl per validation), read for the accuracy by kind
+VALIDATION_DIR = "validation"
 
 
 class DemoError(RunError):
@@ -158,6 +162,36 @@ def run_summary(records: list[dict], wall_s: float) -> dict:
             "steps": len(trained), "wall_s": round(float(wall_s), 1)}
 
 
+def validation_by_kind(dump_path: Path) -> dict:
+    """``{kind: {"n", "acc", "answers"}}`` of one verl validation dump (``trainer.validation_data_dir``'s
+    ``<step>.jsonl``: per question the response ``output``, the ground truth ``gts`` and the strict reward's
+    ``acc``) per easy-vqa question kind. ``answers`` counts the final answers given and ``truth`` the right ones,
+    most frequent first: they tell a model that learned to tell shapes apart from one that moved its answers
+    toward one shape."""
+    from collections import Counter
+
+    from verl_vgpo.data.easy_vqa import ANSWER_KINDS, answer_kind, extract_answer
+
+    scored = {kind: [] for kind in ANSWER_KINDS}
+    for line in Path(dump_path).read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            truth = str(record["gts"])
+            scored[answer_kind(truth)].append((float(record["acc"]), extract_answer(record["output"]), truth))
+    return {kind: {"n": len(items), "acc": round(sum(acc for acc, _, _ in items) / len(items), 4),
+                   "answers": dict(Counter(answer for _, answer, _ in items).most_common()),
+                   "truth": dict(Counter(truth for _, _, truth in items).most_common())}
+            for kind, items in scored.items() if items}
+
+
+def by_kind_summary(validation_dir: Path, last_step: int) -> dict | None:
+    """``{"before": ..., "after": ...}`` (:func:`validation_by_kind` of step 0 and of ``last_step``); None
+    when verl wrote neither dump."""
+    dumps = {"before": Path(validation_dir) / "0.jsonl", "after": Path(validation_dir) / f"{last_step}.jsonl"}
+    found = {when: validation_by_kind(path) for when, path in dumps.items() if path.is_file()}
+    return found or None
+
+
 def write_summary_json(summaries: dict[str, dict], path: Path) -> dict:
     path.write_text(json.dumps(summaries, indent=2, sort_keys=True) + "\n")
     return summaries
@@ -230,6 +264,12 @@ def _cell(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else ""
 
 
+def _answers(kind_summary: dict, key: str = "answers", shown: int = 3) -> str:
+    answers = list(kind_summary.get(key, {}).items())
+    text = ", ".join(f"{answer or '(none)'} {count}" for answer, count in answers[:shown])
+    return text + (f", +{len(answers) - shown} more" if len(answers) > shown else "")
+
+
 def write_summary(runs: dict[str, list[dict]], summaries: dict[str, dict], summary_path: Path, png_name: str) -> str:
     lines = ["# VGPO demo (verl main_ppo on CPU)", "",
              "Warm-started tiny Qwen2.5-VL (verl_vgpo.cpu.warm_start), easy-vqa, strict 0/1 reward on the final "
@@ -240,6 +280,18 @@ def write_summary(runs: dict[str, list[dict]], summaries: dict[str, dict], summa
         lines.append(f"| {algo} | {summary['steps']} | {_cell(summary['val_acc_before'])} | "
                      f"{_cell(summary['val_acc_after'])} | {summary['wall_s']:.1f} |")
     lines.append("")
+    by_kind = {algo: summary["val_by_kind"] for algo, summary in summaries.items() if summary.get("val_by_kind")}
+    if by_kind:
+        lines += ["Greedy validation accuracy by question kind, and the answers given (most frequent first):", "",
+                  "| algorithm | kind | questions | before | after | right answers | answers before | answers after |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for algo, kinds in by_kind.items():
+            before, after = kinds.get("before", {}), kinds.get("after", {})
+            for kind in dict.fromkeys([*before, *after]):
+                first, last = before.get(kind, {}), after.get(kind, {})
+                lines.append(f"| {algo} | {kind} | {first.get('n', last.get('n'))} | {_cell(first.get('acc'))} | "
+                             f"{_cell(last.get('acc'))} | {_answers(first or last, 'truth')} | {_answers(first)} | {_answers(last)} |")
+        lines.append("")
     for algo, records in runs.items():
         lines += [f"## {algo}: {summaries[algo]['steps']} steps, wall {summaries[algo]['wall_s']:.1f}s", ""]
         columns = [REWARD_METRIC, STEP_TIME_METRIC]
@@ -340,13 +392,18 @@ def main(argv=None) -> int:
         for algo in algorithms:
             print(f"[{algo}] python -m verl.trainer.main_ppo algorithm.adv_estimator={algo} ... "
                   f"({args.steps} steps, limit {args.timeout:.0f}s)", flush=True)
-            result = run_main_ppo(algo, args.steps, out_dir, model_dir, data_dir, args.timeout, args.overrides,
-                                  knobs=knobs)
+            validation_dir = out_dir / algo / VALIDATION_DIR
+            # the user's overrides come after: their own trainer.validation_data_dir wins
+            result = run_main_ppo(algo, args.steps, out_dir, model_dir, data_dir, args.timeout,
+                                  [f"trainer.validation_data_dir={validation_dir}", *args.overrides], knobs=knobs)
             runs[algo] = read_metrics(result["metrics_path"])
             trained_steps = [record["step"] for record in runs[algo] if record["step"] >= 1]  # step 0: validation only
             if trained_steps != list(range(1, args.steps + 1)):
                 raise DemoError(f"{algo}: expected logged steps 1..{args.steps}, got {trained_steps}")
             summaries[algo] = run_summary(runs[algo], result["wall_s"])
+            by_kind = by_kind_summary(validation_dir, args.steps)
+            if by_kind:
+                summaries[algo]["val_by_kind"] = by_kind
     except DemoError as error:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1
@@ -359,6 +416,11 @@ def main(argv=None) -> int:
     for algo, item in summaries.items():
         print(f"[{algo}] greedy validation accuracy on {args.val_size} held-out questions: "
               f"{_cell(item['val_acc_before'])} before -> {_cell(item['val_acc_after'])} after {item['steps']} steps")
+        kinds = item.get("val_by_kind", {})
+        for kind in kinds.get("after", {}):
+            first, last = kinds.get("before", {}).get(kind, {}), kinds["after"][kind]
+            print(f"[{algo}]   {kind} ({last['n']} questions): {_cell(first.get('acc'))} -> {_cell(last['acc'])}; "
+                  f"answers after: {_answers(last)}")
     print(f"total {time.monotonic() - start:.0f}s\nplot: {png_path}\nsummary: {out_dir / 'summary.json'}")
     return 0
 

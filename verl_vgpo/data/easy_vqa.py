@@ -77,6 +77,21 @@ def extract_answer(response: str) -> str:
     return normalize_answer(parts[-1])
 
 
+ANSWER_KINDS = ("yes/no", "colour", "shape")
+
+
+def answer_kind(answer: str) -> str:
+    """The kind of question an easy-vqa answer belongs to: "yes/no", "colour" or "shape" (ValueError otherwise)."""
+    answer = normalize_answer(answer)
+    if answer in YES_NO:
+        return "yes/no"
+    if answer in COLORS:
+        return "colour"
+    if answer in SHAPES:
+        return "shape"
+    raise ValueError(f"{answer!r} is not an easy-vqa answer (yes/no, a colour of {COLORS} or a shape of {SHAPES})")
+
+
 def _import_easy_vqa():
     try:
         import easy_vqa
