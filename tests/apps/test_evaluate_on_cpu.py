@@ -375,3 +375,34 @@ def test_image_patch_size_defaults_to_the_checkpoint_processor(tiny_vlm_of, monk
         with pytest.raises(RuntimeError, match="stop before generation"):
             evaluate_module.run(common + extra)
         assert seen.pop() == expected
+
+
+def test_given_responses_for_two_files_of_one_source_are_matched_by_their_file(tmp_path):
+    """Two parquet files with rows of one data_source share row numbers: a record names its file in
+    source_file (as generations.jsonl does), and one that does not is refused instead of scored on another row."""
+    from verl_vgpo.apps.evaluate import EvaluateError, read_responses
+
+    examples = [Example(data_source="s", index=i, messages=[], images=[], ground_truth=str(i + 10 * k),
+                        source_file=str(tmp_path / f"part{k}" / "test.parquet")) for k in (1, 2) for i in (0, 1)]
+
+    def write(records):
+        path = tmp_path / "responses.jsonl"
+        path.write_text("".join(json.dumps({"protocol": "greedy", "data_source": "s", "responses": [r], **extra}) + "\n"
+                                for r, extra in records))
+        return str(path)
+
+    # written in the other order; the second file named with a path of another spelling
+    other_spelling = str(tmp_path / "part1" / ".." / "part2" / "test.parquet")
+    records = [("b1", {"index": 1, "source_file": other_spelling}), ("b0", {"index": 0, "source_file": other_spelling}),
+               ("a1", {"index": 1, "source_file": examples[1].source_file}),
+               ("a0", {"index": 0, "source_file": examples[0].source_file})]
+    _, responses = read_responses(write(records), examples)
+    assert responses["greedy"] == [["a0"], ["a1"], ["b0"], ["b1"]]
+    with pytest.raises(EvaluateError, match=r"s row 0 exists in 2 data files .*add 'source_file'"):
+        read_responses(write([("a0", {"index": 0})]), examples)
+    with pytest.raises(EvaluateError, match="source_file /elsewhere/train.parquet is not one of its 2 data files"):
+        read_responses(write([("a0", {"index": 0, "source_file": "/elsewhere/train.parquet"})]), examples)
+    # one file per source: source_file is not needed, and a path from another machine is fine
+    single = examples[:2]
+    records = [("a0", {"index": 0, "source_file": "/other/machine/test.parquet"}), ("a1", {"index": 1})]
+    assert read_responses(write(records), single)[1]["greedy"] == [["a0"], ["a1"]]

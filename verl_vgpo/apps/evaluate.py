@@ -545,6 +545,7 @@ def score_protocol(
                 "protocol": protocol.name,
                 "data_source": example.data_source,
                 "index": example.index,
+                "source_file": example.source_file,
                 "ground_truth": _json_ready(example.ground_truth),
                 "responses": list(samples),
                 "acc": accuracies,
@@ -681,19 +682,45 @@ class GivenResponses:
         return self.by_protocol[protocol.name]
 
 
+def _same_file(path: str) -> str:
+    """One spelling per file: a record's ``source_file`` and a loaded example's may differ in ``~`` or ``..``."""
+    return os.path.realpath(os.path.expanduser(path)) if path else path
+
+
+def _row_of(candidates: list[tuple[str, int]], source_file: Any, where: str) -> int:
+    """The example position of a record whose (data_source, index) is held by ``candidates`` [(file, position)]:
+    the only one, else the one whose file is the record's ``source_file`` (same path, else same file name)."""
+    if len(candidates) == 1:
+        return candidates[0][1]
+    files = ", ".join(file for file, _ in candidates)
+    if source_file is None:
+        raise EvaluateError(f"{where} exists in {len(candidates)} data files ({files}); add 'source_file' to each "
+                            "record (as generations.jsonl has)")
+    for same in (lambda file: _same_file(file) == _same_file(str(source_file)),
+                 lambda file: os.path.basename(file) == os.path.basename(str(source_file))):
+        matches = [position for file, position in candidates if same(file)]
+        if len(matches) == 1:
+            return matches[0]
+    raise EvaluateError(f"{where}: source_file {source_file} is not one of its {len(candidates)} data files ({files})")
+
+
 def read_responses(
     path: str, examples: Sequence[Example], protocol_names: Optional[Sequence[str]] = None, temperature: float = 1.0
 ) -> tuple[list[Protocol], dict[str, list[list[str]]]]:
     """Responses in the format of ``generations.jsonl`` (one JSON object a line with ``protocol``,
-    ``data_source``, ``index`` = row number in its parquet file, ``responses``), matched to ``examples``
-    by ``index`` within ``data_source``.
+    ``data_source``, ``index`` = row number in its parquet file, ``responses``, and optionally
+    ``source_file``), matched to ``examples`` by ``index`` within ``data_source``. Where two data files
+    hold rows of one ``data_source``, a record must also name its parquet file in ``source_file`` (as
+    generations.jsonl does); a record that does not is refused rather than matched to the wrong row.
 
     Returns the protocols (those of ``protocol_names``, else every protocol of the file in order of
     appearance) and, per protocol, the responses in ``examples`` order. A record for a row or source not
     in the data, a duplicate, a wrong number of responses or a row without a response is an EvaluateError
     naming the line or the row.
     """
-    position = {(example.data_source, example.index): p for p, example in enumerate(examples)}
+    files_of: dict[tuple[str, int], list[tuple[str, int]]] = defaultdict(list)  # (source, index) -> [(file, position)]
+    for p, example in enumerate(examples):
+        files_of[(example.data_source, example.index)].append((example.source_file, p))
     rows_of: dict[str, int] = defaultdict(int)
     for example in examples:
         rows_of[example.data_source] += 1
@@ -732,19 +759,20 @@ def read_responses(
                 raise EvaluateError(
                     f"{where}: data_source {source!r} is not in the data (sources: {', '.join(sorted(rows_of))})"
                 )
-            if isinstance(index, bool) or not isinstance(index, int) or (source, index) not in position:
+            if isinstance(index, bool) or not isinstance(index, int) or (source, index) not in files_of:
                 raise EvaluateError(
                     f"{where}: {source} row {index!r} does not exist in the data ({rows_of[source]} rows loaded)"
                 )
+            row = _row_of(files_of[(source, index)], record.get("source_file"), f"{where}: {source} row {index}")
             if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
                 raise EvaluateError(f"{where}: 'responses' must be a list of strings")
             if len(texts) != protocols[name].num_samples:
                 raise EvaluateError(
                     f"{where}: {name} needs {protocols[name].num_samples} response(s) per row, got {len(texts)}"
                 )
-            if position[(source, index)] in found[name]:
+            if row in found[name]:
                 raise EvaluateError(f"{where}: a second {name} record for {source} row {index}")
-            found[name][position[(source, index)]] = texts
+            found[name][row] = texts
     names = list(protocol_names) if protocol_names is not None else order
     if not names:
         raise EvaluateError(f"--responses {path}: no records")
