@@ -4,6 +4,7 @@ file-logger records, and the driver end to end (1 seed, 1 step per algorithm thr
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 
 import pytest
@@ -199,6 +200,14 @@ def _fake_main_ppo(calls, save_checkpoint):
         lines += [{"step": s, "data": {demo.REWARD_METRIC: 0.3, demo.STEP_TIME_METRIC: 1.0}} for s in range(1, steps + 1)]
         lines[-1]["data"]["val-core/grid/acc/mean@1"] = 0.45
         metrics.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+        for override in overrides:  # verl's validation dumps (easy-vqa answers), where the override says
+            key, _, value = override.partition("=")
+            if key == "trainer.validation_data_dir":
+                for step, answer in ((0, "circle"), (steps, "triangle")):
+                    Path(value).mkdir(parents=True, exist_ok=True)
+                    (Path(value) / f"{step}.jsonl").write_text("".join(
+                        json.dumps({"output": f"Answer: {answer}", "gts": truth, "acc": float(answer == truth)}) + "\n"
+                        for truth in ("triangle", "triangle", "circle", "rectangle")))
         if save_checkpoint and f"trainer.save_freq={steps}" in overrides:
             shutil.copytree(model_dir, run_dir / "checkpoints" / f"global_step_{steps}" / "actor" / "huggingface",
                             dirs_exist_ok=True)
@@ -247,3 +256,28 @@ def test_a_failed_analysis_keeps_the_runs_results(tmp_path, grid_inputs, monkeyp
     vgpo = json.loads((out / "report.json").read_text())["algorithms"]["vgpo"]
     assert vgpo["val_acc_after"] == [0.45] and vgpo["final_focus"] == [None]
     assert "no Hugging Face checkpoint of step 2" in vgpo["final_focus_error"][0]
+
+
+def test_easy_vqa_runs_report_accuracy_by_question_kind(tmp_path, grid_inputs, monkeypatch):
+    """easy-vqa runs get verl's validation dumps in runs/<name>/validation (before the user's overrides) and
+    report.json / report.md the accuracy by kind with the answer given most often; grid runs get neither."""
+    from verl_vgpo.data import easy_vqa
+
+    model, _ = grid_inputs
+    data = tmp_path / "easy_vqa"
+    easy_vqa.write_splits(data, train_size=8, val_size=3, quiet=True)
+    calls = []
+    monkeypatch.setattr(experiment.runner, "run_main_ppo", _fake_main_ppo(calls, save_checkpoint=False))
+    out = tmp_path / "exp"
+    assert experiment.main(["--out", str(out), "--seeds", "0", "1", "--steps", "2", "--model-dir", str(model),
+                            "--data-dir", str(data), "--train-size", "8", "--val-size", "3", "--set", "BATCH_SIZE=4",
+                            "--analyze-rows", "0", "trainer.test_freq=2"]) == 0
+    assert calls[0] == [f"trainer.validation_data_dir={out / 'runs' / 'grpo_seed0' / 'validation'}",
+                        "trainer.resume_mode=disable", "trainer.test_freq=2"]
+    vgpo = json.loads((out / "report.json").read_text())["algorithms"]["vgpo"]
+    shape = [kinds["after"]["shape"] for kinds in vgpo["val_by_kind"]]
+    assert shape == [{"n": 4, "acc": 0.5, "answers": {"triangle": 4},
+                      "truth": {"triangle": 2, "circle": 1, "rectangle": 1}}] * 2
+    assert vgpo["val_by_kind"][0]["before"]["shape"]["acc"] == 0.25
+    text = (out / "report.md").read_text()
+    assert "| vgpo | shape | 4 | 0.250 ± 0.000 | 0.500 ± 0.000 | triangle 1.00, triangle 1.00 |" in text

@@ -14,6 +14,8 @@ Writes to ``--out``:
   runs/<algo>_seed<k>/metrics.jsonl   each run's own metrics (verl's file logger truncates on resume)
   report.json                         {"settings": ..., "algorithms": {algo: {"seeds", "val_acc_before",
                                       "val_acc_after", "wall_s", per-step curves ...}}}
+  runs/<algo>_seed<k>/validation/     easy-vqa: verl's validation dumps (report.json's val_by_kind: accuracy
+                                      and answers per question kind before and after, as the demo's)
   runs/<algo>_seed<k>/analysis/       vgpo-analyze of the run's final checkpoint on the held-out questions
   analysis_before/                    vgpo-analyze of the warm start (the curve before RL)
   report.md                           mean ± sd tables, the measured difference against the seed spread, plots
@@ -214,7 +216,7 @@ def assemble_report(settings: dict, runs: dict[str, list[dict]], before_rl: dict
         entry = {"seeds": [run["seed"] for run in seed_runs]}
         for field in ("val_acc_before", "val_acc_after", "steps", "wall_s", "reward", "step_time_s", "val_acc",
                       "focus_first_third", "focus_last_third", "focus_pos_bins", "metrics_file", "final_focus",
-                      "final_focus_error"):
+                      "final_focus_error", "val_by_kind"):
             entry[field] = [run.get(field) for run in seed_runs]
         algorithms[algo] = entry
     return {"format": REPORT_FORMAT, "settings": settings, "algorithms": algorithms, "before_rl_focus": before_rl}
@@ -330,6 +332,34 @@ def forgetting_table(report: dict) -> list[str]:
     return lines + ["", forgetting_statement(report), ""]
 
 
+def by_kind_table(report: dict) -> list[str]:
+    """report.md lines: greedy accuracy per easy-vqa question kind before and after (mean ± sd over seeds), and
+    per seed the answer given most often after training with its share of the kind's answers (a share near 1:
+    the answers moved to one, which raises accuracy by that answer's share of right answers, not by seeing)."""
+    lines = []
+    for algo, entry in report["algorithms"].items():
+        seeds = [kinds for kinds in entry.get("val_by_kind") or [] if kinds]
+        for kind in easy_vqa.ANSWER_KINDS:
+            before = [kinds["before"][kind]["acc"] for kinds in seeds if kind in kinds.get("before", {})]
+            after = [kinds["after"][kind] for kinds in seeds if kind in kinds.get("after", {})]
+            if not before and not after:
+                continue
+            questions = "/".join(map(str, sorted({s["n"] for s in after} or {len(before)})))
+            top = []
+            for summary in after:
+                answer, count = max(summary["answers"].items(), key=lambda item: item[1])
+                top.append(f"{answer or '(none)'} {count / summary['n']:.2f}")
+            lines.append(f"| {algo} | {kind} | {questions} | {_fmt(mean_sd(before))} | "
+                         f"{_fmt(mean_sd([s['acc'] for s in after]))} | {', '.join(top)} |")
+    if not lines:
+        return []
+    return ["## Accuracy by question kind", "",
+            "Greedy validation accuracy per question kind (mean ± sd over seeds), and per seed the answer given most "
+            "often after training with its share of that kind's answers.", "",
+            "| algorithm | kind | questions | before | after | most frequent answer after (share), per seed |",
+            "|---|---|---|---|---|---|", *lines, ""]
+
+
 def write_report_md(report: dict, path: Path, plots: list[str]) -> str:
     settings = report["settings"]
     lines = [f"# GRPO vs VGPO on CPU (warm-started tiny VLM, {settings.get('task', 'easy-vqa')})", "",
@@ -347,6 +377,7 @@ def write_report_md(report: dict, path: Path, plots: list[str]) -> str:
                      f"{_fmt(row['step_time_s'], 2)} |")
     lines += ["", "mean ± sd over seeds; focus is computed by VGPO only (n/a for GRPO).", "",
               difference_statement(report), ""]
+    lines += by_kind_table(report)
     lines += forgetting_table(report)
     lines += [f"![{Path(name).stem}]({name})" for name in plots]
     text = "\n".join(lines) + "\n"
@@ -547,9 +578,11 @@ def main(argv=None) -> int:
             for algo in args.algorithms:
                 name = f"{algo}_seed{seed}"
                 print(f"[{name}] main_ppo algorithm.adv_estimator={algo} data.seed={seed}, {steps} steps", flush=True)
+                # easy-vqa: verl's validation dumps, read for the accuracy by question kind
+                dumps = [] if is_grid else [f"trainer.validation_data_dir={out_dir / 'runs' / name / demo.VALIDATION_DIR}"]
                 try:
                     result = runner.run_main_ppo(algo, steps, out_dir / "runs", model_dir, data_dir, args.timeout,
-                                                 run_overrides, knobs={**knobs, "SEED": seed}, run_name=name)
+                                                 [*dumps, *run_overrides], knobs={**knobs, "SEED": seed}, run_name=name)
                 except runner.RunError as error:
                     raise ExperimentError(str(error)) from error
                 records = runner.read_metrics(result["metrics_path"])
@@ -558,6 +591,8 @@ def main(argv=None) -> int:
                     raise ExperimentError(f"{name}: expected logged steps 1..{steps}, got {trained}")
                 run = {"seed": seed, "metrics_file": str(result["metrics_path"].relative_to(out_dir)),
                        **collect_run(records, result["wall_s"])}
+                if not is_grid:
+                    run["val_by_kind"] = demo.by_kind_summary(result["run_dir"] / demo.VALIDATION_DIR, steps)
                 if args.analyze_rows:
                     try:
                         run["final_focus"] = analyze_checkpoint(
