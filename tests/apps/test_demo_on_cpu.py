@@ -194,8 +194,7 @@ def test_the_demo_reports_accuracy_by_kind_from_verls_validation_dumps(tmp_path,
 
     def fake_run(algo, steps, out_dir, model_dir, data_dir, timeout_s, extra_overrides, knobs):
         seen["overrides"] = extra_overrides
-        key, value = extra_overrides[0].split("=", 1)
-        assert key == "trainer.validation_data_dir"
+        value = demo.validation_dir_of(extra_overrides, None)  # where verl writes: the last override
         _dump(Path(value) / "0.jsonl", [("Answer: circle", "triangle", 0.0), ("Answer: yes", "yes", 1.0)])
         _dump(Path(value) / f"{steps}.jsonl", [("Answer: triangle", "triangle", 1.0), ("Answer: yes", "yes", 1.0)])
         metrics = out_dir / algo / "metrics.jsonl"
@@ -206,7 +205,9 @@ def test_the_demo_reports_accuracy_by_kind_from_verls_validation_dumps(tmp_path,
     monkeypatch.setattr(demo, "prepare_inputs", lambda *args, **kwargs: None)
     monkeypatch.setattr(demo, "run_main_ppo", fake_run)
     out = tmp_path / "out"
+    _dump(out / "grpo" / demo.VALIDATION_DIR / "7.jsonl", [("Answer: yes", "no", 0.0)])  # an earlier run's
     assert demo.main(["--out", str(out), "--steps", "1", "--algo", "grpo", "trainer.test_freq=1"]) == 0
+    assert not (out / "grpo" / demo.VALIDATION_DIR / "7.jsonl").exists()
     assert seen["overrides"] == [f"trainer.validation_data_dir={out / 'grpo' / demo.VALIDATION_DIR}", "trainer.test_freq=1"]
     summary = json.loads((out / "summary.json").read_text())["grpo"]
     assert (summary["val_acc_before"], summary["val_acc_after"]) == (0.5, 1.0)
@@ -215,3 +216,25 @@ def test_the_demo_reports_accuracy_by_kind_from_verls_validation_dumps(tmp_path,
     assert summary["val_by_kind"]["before"]["shape"]["answers"] == {"circle": 1}
     assert "| grpo | shape | 1 | 0 | 1 | triangle 1 | circle 1 | triangle 1 |" in (out / "summary.md").read_text()
     assert "[grpo]   shape (1 questions): 0 -> 1; answers after: triangle 1" in capsys.readouterr().out
+
+    # the user's own trainer.validation_data_dir is where verl writes, and what is read
+    mine = tmp_path / "mine"
+    assert demo.main(["--out", str(out), "--steps", "1", "--algo", "grpo", f"trainer.validation_data_dir={mine}"]) == 0
+    assert (mine / "1.jsonl").is_file()
+    assert json.loads((out / "summary.json").read_text())["grpo"]["val_by_kind"]["after"]["yes/no"]["n"] == 1
+
+
+def test_a_stale_or_unreadable_dump_is_reported_not_raised(tmp_path, capsys):
+    """A dump whose accuracy is not the logged one (another run's file) or that cannot be read costs only the
+    breakdown; a response without the answer marker is counted as no answer; a before-only run still prints."""
+    _dump(tmp_path / "0.jsonl", [("I see a red circle.", "circle", 0.0), ("Answer: yes", "yes", 1.0)])
+    assert demo.read_by_kind(tmp_path, 3, {"val_acc_before": 0.5})["val_by_kind"]["before"]["shape"]["answers"] == {
+        demo.NO_ANSWER: 1}
+    stale = demo.read_by_kind(tmp_path, 3, {"val_acc_before": 0.75})
+    assert stale["val_by_kind"] is None and "is not the 0.75 verl logged for step 0" in stale["val_by_kind_error"]
+    _dump(tmp_path / "bad" / "3.jsonl", [("Answer: x", "maybe", 0.0)])
+    assert "not an easy-vqa answer" in demo.read_by_kind(tmp_path / "bad", 3, {})["val_by_kind_error"]
+    assert "not reported" in capsys.readouterr().err
+    assert demo.validation_dir_of(["a=1", "+trainer.validation_data_dir=/x", "trainer.validation_data_dir=/y"],
+                                  tmp_path) == Path("/y")
+    assert demo.validation_dir_of(["a=1"], tmp_path) == tmp_path

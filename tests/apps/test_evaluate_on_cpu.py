@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from verl_vgpo.apps.evaluate import (
+    EvaluateError,
     Example,
     Protocol,
     RewardError,
@@ -342,6 +343,8 @@ def test_images_stored_as_bytes_dicts_load_like_decoded_ones(tmp_path):
     (example,) = load_examples([str(path)])
     assert len(example.images) == 1 and example.images[0].mode == "RGB"
     assert np.array_equal(np.asarray(example.images[0]), np.asarray(image))
+    with pytest.raises(EvaluateError, match="given twice"):
+        load_examples([str(path), str(tmp_path / "." / "bytes.parquet")])
 
 
 def test_prompts_too_long_for_max_model_len_are_refused_before_generation(tiny_vlm_path, benchmark_parquet):
@@ -380,7 +383,7 @@ def test_image_patch_size_defaults_to_the_checkpoint_processor(tiny_vlm_of, monk
 def test_given_responses_for_two_files_of_one_source_are_matched_by_their_file(tmp_path):
     """Two parquet files with rows of one data_source share row numbers: a record names its file in
     source_file (as generations.jsonl does), and one that does not is refused instead of scored on another row."""
-    from verl_vgpo.apps.evaluate import EvaluateError, read_responses
+    from verl_vgpo.apps.evaluate import read_responses
 
     examples = [Example(data_source="s", index=i, messages=[], images=[], ground_truth=str(i + 10 * k),
                         source_file=str(tmp_path / f"part{k}" / "test.parquet")) for k in (1, 2) for i in (0, 1)]
@@ -402,6 +405,14 @@ def test_given_responses_for_two_files_of_one_source_are_matched_by_their_file(t
         read_responses(write([("a0", {"index": 0})]), examples)
     with pytest.raises(EvaluateError, match="source_file /elsewhere/train.parquet is not one of its 2 data files"):
         read_responses(write([("a0", {"index": 0, "source_file": "/elsewhere/train.parquet"})]), examples)
+    with pytest.raises(EvaluateError, match="source_file /elsewhere/test.parquet is not one of its 2 data files"):
+        read_responses(write([("a0", {"index": 0, "source_file": "/elsewhere/test.parquet"})]), examples)
+    # written on another machine: matched by the longest shared path ending (part1/test.parquet, not test.parquet)
+    remote = [("a1", {"index": 1, "source_file": "/data/part1/test.parquet"}),
+              ("a0", {"index": 0, "source_file": "/data/part1/test.parquet"}),
+              ("b0", {"index": 0, "source_file": "/data/part2/test.parquet"}),
+              ("b1", {"index": 1, "source_file": "/data/part2/test.parquet"})]
+    assert read_responses(write(remote), examples)[1]["greedy"] == [["a0"], ["a1"], ["b0"], ["b1"]]
     # one file per source: source_file is not needed, and a path from another machine is fine
     single = examples[:2]
     records = [("a0", {"index": 0, "source_file": "/other/machine/test.parquet"}), ("a1", {"index": 1})]

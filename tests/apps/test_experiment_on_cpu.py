@@ -196,9 +196,11 @@ def _fake_main_ppo(calls, save_checkpoint):
         run_dir = out_dir / run_name
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics = run_dir / "metrics.jsonl"
-        lines = [{"step": 0, "data": {"val-core/grid/acc/mean@1": 0.4}}]
+        dumps = any(item.startswith("trainer.validation_data_dir=") for item in overrides)
+        before, after = (0.25, 0.5) if dumps else (0.4, 0.45)  # with dumps: the accuracy of the dumps below
+        lines = [{"step": 0, "data": {"val-core/grid/acc/mean@1": before}}]
         lines += [{"step": s, "data": {demo.REWARD_METRIC: 0.3, demo.STEP_TIME_METRIC: 1.0}} for s in range(1, steps + 1)]
-        lines[-1]["data"]["val-core/grid/acc/mean@1"] = 0.45
+        lines[-1]["data"]["val-core/grid/acc/mean@1"] = after
         metrics.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
         for override in overrides:  # verl's validation dumps (easy-vqa answers), where the override says
             key, _, value = override.partition("=")
@@ -280,4 +282,15 @@ def test_easy_vqa_runs_report_accuracy_by_question_kind(tmp_path, grid_inputs, m
                       "truth": {"triangle": 2, "circle": 1, "rectangle": 1}}] * 2
     assert vgpo["val_by_kind"][0]["before"]["shape"]["acc"] == 0.25
     text = (out / "report.md").read_text()
-    assert "| vgpo | shape | 4 | 0.250 ± 0.000 | 0.500 ± 0.000 | triangle 1.00, triangle 1.00 |" in text
+    assert "| vgpo | shape | 4 | 0.250 ± 0.000 | 0.500 ± 0.000 | seed 0: triangle 1.00, seed 1: triangle 1.00 |" in text
+
+
+def test_by_kind_table_counts_questions_from_before_only_runs():
+    report = {"algorithms": {"vgpo": {"seeds": [0, 1], "val_by_kind": [
+        {"before": {"shape": {"n": 32, "acc": 0.25, "answers": {"circle": 32}, "truth": {"circle": 8}}}}, None]}}}
+    assert "| vgpo | shape | 32 | 0.250 ± 0.000 | n/a |  |" in experiment.by_kind_table(report)
+
+
+def test_a_validation_dump_override_is_refused():
+    with pytest.raises(experiment.ExperimentError, match="writes each run's validation dumps"):
+        experiment.check_overrides(["trainer.validation_data_dir=/tmp/x"], analyze_rows=0)

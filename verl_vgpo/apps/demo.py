@@ -12,8 +12,8 @@ Progress is printed per step; verl's ``file`` logger writes every step's metrics
 Afterwards: ``<out>/demo.png`` (validation accuracy, reward, focus over response position per step, focus
 first vs last third, psi and alpha ranges), ``<out>/summary.json``
 (``{algo: {val_acc_before, val_acc_after, steps, wall_s, val_by_kind}}``; ``val_by_kind``: accuracy and answers
-per question kind before and after, from verl's validation dumps in ``<out>/<algo>/validation/``) and
-``<out>/summary.md``.
+per question kind before and after, from verl's validation dumps in ``<out>/<algo>/validation/``; null when
+verl wrote none, with ``val_by_kind_error`` when they could not be read) and ``<out>/summary.md``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import argparse
 import json
 import math
 import re
+import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from verl_vgpo.apps.runner import (  # noqa: F401  (RUN_SCRIPT, read_metrics, run_main_ppo: the demo's public names)
@@ -40,7 +42,15 @@ from verl_vgpo.apps.runner import (  # noqa: F401  (RUN_SCRIPT, read_metrics, ru
     read_metrics,
     run_main_ppo,
 )
-from verl_vgpo.data.easy_vqa import QUESTION_KINDS
+from verl_vgpo.data.easy_vqa import (
+    ANSWER_KINDS,
+    ANSWER_MARKER,
+    QUESTION_KINDS,
+    answer_kind,
+    extract_answer,
+    normalize_answer,
+)
+from verl_vgpo.rewards.exact_match import ground_truth_text
 
 FOCUS_BIN_METRIC = "vgpo/focus/pos_bin_{}"
 FOCUS_BINS = 5  # verl_vgpo.advantage.FOCUS_POSITION_BINS (not imported: keeps this module free of torch)
@@ -63,6 +73,7 @@ RUN_TIMEOUT_S = 2400.0
 DEMO_QUESTIONS = "all"
 # per run: verl's trainer.validation_data_dir (one <step>.jsonl per validation), read for the accuracy by kind
 VALIDATION_DIR = "validation"
+NO_ANSWER = "(no answer)"  # a response without the answer marker, in the answers counted by kind
 
 
 class DemoError(RunError):
@@ -163,33 +174,65 @@ def run_summary(records: list[dict], wall_s: float) -> dict:
 
 
 def validation_by_kind(dump_path: Path) -> dict:
-    """``{kind: {"n", "acc", "answers"}}`` of one verl validation dump (``trainer.validation_data_dir``'s
+    """``{kind: {"n", "acc", "answers", "truth"}}`` of one verl validation dump (``trainer.validation_data_dir``'s
     ``<step>.jsonl``: per question the response ``output``, the ground truth ``gts`` and the strict reward's
-    ``acc``) per easy-vqa question kind. ``answers`` counts the final answers given and ``truth`` the right ones,
-    most frequent first: they tell a model that learned to tell shapes apart from one that moved its answers
-    toward one shape."""
-    from collections import Counter
-
-    from verl_vgpo.data.easy_vqa import ANSWER_KINDS, answer_kind, extract_answer
-
+    ``acc``) per easy-vqa question kind. ``answers`` counts the final answers given (NO_ANSWER: no answer
+    marker) and ``truth`` the right ones, most frequent first: they tell a model that learned to tell shapes
+    apart from one that moved its answers toward one shape."""
     scored = {kind: [] for kind in ANSWER_KINDS}
     for line in Path(dump_path).read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            truth = str(record["gts"])
-            scored[answer_kind(truth)].append((float(record["acc"]), extract_answer(record["output"]), truth))
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        truth = ground_truth_text(record["gts"])
+        accuracy = record.get("acc", record.get("score"))
+        if not isinstance(accuracy, (int, float)):
+            raise ValueError(f"{dump_path}: a record has no numeric 'acc' or 'score' ({accuracy!r})")
+        output = str(record["output"])
+        answer = extract_answer(output) if ANSWER_MARKER.lower() in output.lower() else NO_ANSWER
+        scored[answer_kind(truth)].append((float(accuracy), answer, normalize_answer(truth)))
     return {kind: {"n": len(items), "acc": round(sum(acc for acc, _, _ in items) / len(items), 4),
                    "answers": dict(Counter(answer for _, answer, _ in items).most_common()),
                    "truth": dict(Counter(truth for _, _, truth in items).most_common())}
             for kind, items in scored.items() if items}
 
 
-def by_kind_summary(validation_dir: Path, last_step: int) -> dict | None:
-    """``{"before": ..., "after": ...}`` (:func:`validation_by_kind` of step 0 and of ``last_step``); None
-    when verl wrote neither dump."""
-    dumps = {"before": Path(validation_dir) / "0.jsonl", "after": Path(validation_dir) / f"{last_step}.jsonl"}
-    found = {when: validation_by_kind(path) for when, path in dumps.items() if path.is_file()}
+def validation_dir_of(overrides: list[str], default: Path) -> Path:
+    """The folder verl dumps validation generations to: the last ``trainer.validation_data_dir=`` override."""
+    given = [item.split("=", 1)[1] for item in overrides
+             if item.lstrip("+").split("=", 1)[0] == "trainer.validation_data_dir" and "=" in item]
+    return Path(given[-1]) if given else default
+
+
+def by_kind_summary(validation_dir: Path, last_step: int, val_acc_before: float | None = None,
+                    val_acc_after: float | None = None) -> dict | None:
+    """``{"before": ..., "after": ...}`` (:func:`validation_by_kind` of step 0 and of ``last_step``, those
+    verl wrote); None when it wrote neither. A dump whose overall accuracy is not the logged one (a stale
+    file of another run) is a ValueError."""
+    found = {}
+    for when, step, logged in (("before", 0, val_acc_before), ("after", last_step, val_acc_after)):
+        path = Path(validation_dir) / f"{step}.jsonl"
+        if not path.is_file():
+            continue
+        kinds = validation_by_kind(path)
+        questions = sum(kind["n"] for kind in kinds.values())
+        overall = sum(kind["acc"] * kind["n"] for kind in kinds.values()) / questions if questions else None
+        if logged is not None and (overall is None or abs(overall - logged) > 1e-3):
+            raise ValueError(f"{path}: accuracy {overall} is not the {logged} verl logged for step {step} "
+                             "(a dump of another run?)")
+        found[when] = kinds
     return found or None
+
+
+def read_by_kind(validation_dir: Path, last_step: int, summary: dict) -> dict:
+    """``{"val_by_kind": by_kind_summary(...) or None}``, plus ``"val_by_kind_error"`` when the dumps could not
+    be read: the breakdown is an add-on, never the reason a finished run's results are lost."""
+    try:
+        return {"val_by_kind": by_kind_summary(validation_dir, last_step, summary.get("val_acc_before"),
+                                               summary.get("val_acc_after"))}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"accuracy by question kind not reported: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        return {"val_by_kind": None, "val_by_kind_error": f"{type(error).__name__}: {error}"}
 
 
 def write_summary_json(summaries: dict[str, dict], path: Path) -> dict:
@@ -281,6 +324,8 @@ def write_summary(runs: dict[str, list[dict]], summaries: dict[str, dict], summa
                      f"{_cell(summary['val_acc_after'])} | {summary['wall_s']:.1f} |")
     lines.append("")
     by_kind = {algo: summary["val_by_kind"] for algo, summary in summaries.items() if summary.get("val_by_kind")}
+    lines += [f"Accuracy by question kind not reported for {algo}: {summary['val_by_kind_error']}" for algo, summary
+              in summaries.items() if summary.get("val_by_kind_error")]
     if by_kind:
         lines += ["Greedy validation accuracy by question kind, and the answers given (most frequent first):", "",
                   "| algorithm | kind | questions | before | after | right answers | answers before | answers after |",
@@ -392,18 +437,17 @@ def main(argv=None) -> int:
         for algo in algorithms:
             print(f"[{algo}] python -m verl.trainer.main_ppo algorithm.adv_estimator={algo} ... "
                   f"({args.steps} steps, limit {args.timeout:.0f}s)", flush=True)
-            validation_dir = out_dir / algo / VALIDATION_DIR
-            # the user's overrides come after: their own trainer.validation_data_dir wins
-            result = run_main_ppo(algo, args.steps, out_dir, model_dir, data_dir, args.timeout,
-                                  [f"trainer.validation_data_dir={validation_dir}", *args.overrides], knobs=knobs)
+            own_dir = out_dir / algo / VALIDATION_DIR
+            shutil.rmtree(own_dir, ignore_errors=True)  # never read an earlier run's dumps
+            # the user's overrides come after: their own trainer.validation_data_dir wins, and is read
+            overrides = [f"trainer.validation_data_dir={own_dir}", *args.overrides]
+            result = run_main_ppo(algo, args.steps, out_dir, model_dir, data_dir, args.timeout, overrides, knobs=knobs)
             runs[algo] = read_metrics(result["metrics_path"])
             trained_steps = [record["step"] for record in runs[algo] if record["step"] >= 1]  # step 0: validation only
             if trained_steps != list(range(1, args.steps + 1)):
                 raise DemoError(f"{algo}: expected logged steps 1..{args.steps}, got {trained_steps}")
             summaries[algo] = run_summary(runs[algo], result["wall_s"])
-            by_kind = by_kind_summary(validation_dir, args.steps)
-            if by_kind:
-                summaries[algo]["val_by_kind"] = by_kind
+            summaries[algo].update(read_by_kind(validation_dir_of(overrides, own_dir), args.steps, summaries[algo]))
     except DemoError as error:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1
@@ -416,11 +460,12 @@ def main(argv=None) -> int:
     for algo, item in summaries.items():
         print(f"[{algo}] greedy validation accuracy on {args.val_size} held-out questions: "
               f"{_cell(item['val_acc_before'])} before -> {_cell(item['val_acc_after'])} after {item['steps']} steps")
-        kinds = item.get("val_by_kind", {})
-        for kind in kinds.get("after", {}):
-            first, last = kinds.get("before", {}).get(kind, {}), kinds["after"][kind]
-            print(f"[{algo}]   {kind} ({last['n']} questions): {_cell(first.get('acc'))} -> {_cell(last['acc'])}; "
-                  f"answers after: {_answers(last)}")
+        kinds = item.get("val_by_kind") or {}
+        before, after = kinds.get("before", {}), kinds.get("after", {})
+        for kind in dict.fromkeys([*before, *after]):
+            first, last = before.get(kind, {}), after.get(kind, {})
+            print(f"[{algo}]   {kind} ({first.get('n', last.get('n'))} questions): {_cell(first.get('acc'))} -> "
+                  f"{_cell(last.get('acc'))}; answers after: {_answers(last)}")
     print(f"total {time.monotonic() - start:.0f}s\nplot: {png_path}\nsummary: {out_dir / 'summary.json'}")
     return 0
 

@@ -115,10 +115,14 @@ def load_examples(
     from verl.utils.dataset.vision_utils import process_image
 
     examples = []
+    seen: set[str] = set()
     for path in parquet_paths:
         expanded = os.path.expanduser(path)
         if not os.path.isfile(expanded):
             raise EvaluateError(f"{path}: no such file")
+        if os.path.realpath(expanded) in seen:
+            raise EvaluateError(f"{path}: given twice (each row would be scored twice)")
+        seen.add(os.path.realpath(expanded))
         try:
             table = datasets.load_dataset("parquet", data_files=expanded)["train"]
         except Exception as error:  # noqa: BLE001 -- pyarrow / datasets raise many types for a bad file
@@ -687,20 +691,36 @@ def _same_file(path: str) -> str:
     return os.path.realpath(os.path.expanduser(path)) if path else path
 
 
+def _shared_ending(first: str, second: str) -> int:
+    """How many trailing path components two paths share (``a/geo/test.parquet``, ``b/geo/test.parquet``: 2)."""
+    count = 0
+    for one, other in zip(reversed(first.split(os.sep)), reversed(second.split(os.sep))):
+        if one != other:
+            break
+        count += 1
+    return count
+
+
 def _row_of(candidates: list[tuple[str, int]], source_file: Any, where: str) -> int:
     """The example position of a record whose (data_source, index) is held by ``candidates`` [(file, position)]:
-    the only one, else the one whose file is the record's ``source_file`` (same path, else same file name)."""
+    the only one, else the one whose file is the record's ``source_file``: the same path, else the one path
+    sharing the longest ending with it (a file written on another machine)."""
     if len(candidates) == 1:
         return candidates[0][1]
     files = ", ".join(file for file, _ in candidates)
     if source_file is None:
         raise EvaluateError(f"{where} exists in {len(candidates)} data files ({files}); add 'source_file' to each "
                             "record (as generations.jsonl has)")
-    for same in (lambda file: _same_file(file) == _same_file(str(source_file)),
-                 lambda file: os.path.basename(file) == os.path.basename(str(source_file))):
-        matches = [position for file, position in candidates if same(file)]
-        if len(matches) == 1:
-            return matches[0]
+    wanted = _same_file(str(source_file))
+    exact = [position for file, position in candidates if _same_file(file) == wanted]
+    if len(exact) == 1:
+        return exact[0]
+    # written on another machine: the file whose path shares the longest ending with the record's
+    shared = [(_shared_ending(file, wanted), position) for file, position in candidates]
+    best = max(length for length, _ in shared)
+    matches = [position for length, position in shared if length == best]
+    if best and len(matches) == 1:
+        return matches[0]
     raise EvaluateError(f"{where}: source_file {source_file} is not one of its {len(candidates)} data files ({files})")
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -173,6 +174,11 @@ def final_checkpoint_overrides(steps: int) -> list[str]:
 
 def check_overrides(overrides: list[str], analyze_rows: int) -> None:
     """Refuse, before anything runs, a user override of a key the experiment's own run settings rely on."""
+    dumps = [item for item in overrides if item.lstrip("+~").split("=", 1)[0] == "trainer.validation_data_dir"]
+    if dumps:
+        raise ExperimentError(f"override(s) {dumps}: the experiment writes each run's validation dumps to "
+                              f"runs/<algo>_seed<k>/{demo.VALIDATION_DIR} itself (read for the accuracy by question kind); "
+                              "drop them")
     keys = CHECKPOINT_KEYS if analyze_rows else ("trainer.resume_mode",)
     clashing = [item for item in overrides if item.lstrip("+~").split("=", 1)[0].startswith(keys)]
     if clashing:
@@ -216,7 +222,7 @@ def assemble_report(settings: dict, runs: dict[str, list[dict]], before_rl: dict
         entry = {"seeds": [run["seed"] for run in seed_runs]}
         for field in ("val_acc_before", "val_acc_after", "steps", "wall_s", "reward", "step_time_s", "val_acc",
                       "focus_first_third", "focus_last_third", "focus_pos_bins", "metrics_file", "final_focus",
-                      "final_focus_error", "val_by_kind"):
+                      "final_focus_error", "val_by_kind", "val_by_kind_error"):
             entry[field] = [run.get(field) for run in seed_runs]
         algorithms[algo] = entry
     return {"format": REPORT_FORMAT, "settings": settings, "algorithms": algorithms, "before_rl_focus": before_rl}
@@ -338,19 +344,17 @@ def by_kind_table(report: dict) -> list[str]:
     the answers moved to one, which raises accuracy by that answer's share of right answers, not by seeing)."""
     lines = []
     for algo, entry in report["algorithms"].items():
-        seeds = [kinds for kinds in entry.get("val_by_kind") or [] if kinds]
+        seeds = [(seed, kinds) for seed, kinds in zip(entry["seeds"], entry.get("val_by_kind") or []) if kinds]
         for kind in easy_vqa.ANSWER_KINDS:
-            before = [kinds["before"][kind]["acc"] for kinds in seeds if kind in kinds.get("before", {})]
-            after = [kinds["after"][kind] for kinds in seeds if kind in kinds.get("after", {})]
+            before = [kinds["before"][kind] for _, kinds in seeds if kind in kinds.get("before", {})]
+            after = [(seed, kinds["after"][kind]) for seed, kinds in seeds if kind in kinds.get("after", {})]
             if not before and not after:
                 continue
-            questions = "/".join(map(str, sorted({s["n"] for s in after} or {len(before)})))
-            top = []
-            for summary in after:
-                answer, count = max(summary["answers"].items(), key=lambda item: item[1])
-                top.append(f"{answer or '(none)'} {count / summary['n']:.2f}")
-            lines.append(f"| {algo} | {kind} | {questions} | {_fmt(mean_sd(before))} | "
-                         f"{_fmt(mean_sd([s['acc'] for s in after]))} | {', '.join(top)} |")
+            questions = "/".join(map(str, sorted({s["n"] for s in before} | {s["n"] for _, s in after})))
+            top = [f"seed {seed}: {answer} {count / s['n']:.2f}" for seed, s in after
+                   for answer, count in [max(s["answers"].items(), key=lambda item: item[1])]]
+            lines.append(f"| {algo} | {kind} | {questions} | {_fmt(mean_sd([s['acc'] for s in before]))} | "
+                         f"{_fmt(mean_sd([s['acc'] for _, s in after]))} | {', '.join(top)} |")
     if not lines:
         return []
     return ["## Accuracy by question kind", "",
@@ -579,7 +583,9 @@ def main(argv=None) -> int:
                 name = f"{algo}_seed{seed}"
                 print(f"[{name}] main_ppo algorithm.adv_estimator={algo} data.seed={seed}, {steps} steps", flush=True)
                 # easy-vqa: verl's validation dumps, read for the accuracy by question kind
-                dumps = [] if is_grid else [f"trainer.validation_data_dir={out_dir / 'runs' / name / demo.VALIDATION_DIR}"]
+                validation_dir = out_dir / "runs" / name / demo.VALIDATION_DIR
+                shutil.rmtree(validation_dir, ignore_errors=True)  # an --overwrite rerun never reads old dumps
+                dumps = [] if is_grid else [f"trainer.validation_data_dir={validation_dir}"]
                 try:
                     result = runner.run_main_ppo(algo, steps, out_dir / "runs", model_dir, data_dir, args.timeout,
                                                  [*dumps, *run_overrides], knobs={**knobs, "SEED": seed}, run_name=name)
@@ -592,7 +598,7 @@ def main(argv=None) -> int:
                 run = {"seed": seed, "metrics_file": str(result["metrics_path"].relative_to(out_dir)),
                        **collect_run(records, result["wall_s"])}
                 if not is_grid:
-                    run["val_by_kind"] = demo.by_kind_summary(result["run_dir"] / demo.VALIDATION_DIR, steps)
+                    run.update(demo.read_by_kind(validation_dir, steps, run))
                 if args.analyze_rows:
                     try:
                         run["final_focus"] = analyze_checkpoint(

@@ -79,7 +79,7 @@ class Swap:
         elif isinstance(value, (list, tuple)):
             text = "[" + ",".join(str(v) for v in value) + "]"
         elif isinstance(value, str) and "," in value:
-            text = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"  # unquoted, Hydra reads a sweep
+            text = "'" + value.replace("'", "\\'") + "'"  # unquoted, Hydra reads a sweep
         else:
             text = str(value)
         return f"{'+' if self.new else ''}{self.key}={text}"
@@ -268,7 +268,8 @@ def build_plan(script: str, main_ppo_argv: list[str], user_argc: int, environ: d
     swap("ray_kwargs.ray_init.num_gpus", DATA_PARALLEL_RANKS, "Ray: verl counts GPUs; declared, never requested")
     swap("ray_kwargs.ray_init.resources.verl_cpu_device", DATA_PARALLEL_RANKS, "Ray: the CPU platform's device slots")
     swap("ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM", "cpu", "workers: CPU platform")
-    external_modules = ",".join(m for m in (environ.get("VERL_USE_EXTERNAL_MODULES", ""), STANDIN_MODULE) if m)
+    given_modules = [m for m in environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
+    external_modules = ",".join(dict.fromkeys([*given_modules, STANDIN_MODULE]))
     swap("ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES", external_modules,
          "workers: your VERL_USE_EXTERNAL_MODULES plus the flash-attn kernel stand-in (never loads where flash-attn "
          "is installed)")

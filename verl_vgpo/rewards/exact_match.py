@@ -28,7 +28,7 @@ from verl_vgpo.data.easy_vqa import extract_answer, normalize_answer
 PARTIAL_CREDIT_SCALE = 0.5
 
 
-def _ground_truth_text(ground_truth) -> str:
+def ground_truth_text(ground_truth) -> str:
     # verl stores reward_model.ground_truth as written in the parquet; a one-element list is accepted too
     if isinstance(ground_truth, (list, tuple)) and len(ground_truth) == 1:
         ground_truth = ground_truth[0]
@@ -41,7 +41,7 @@ def _ground_truth_text(ground_truth) -> str:
 
 def exact_match(solution_str: str, ground_truth) -> float:
     """1.0 when the response's normalised final answer equals the normalised ground truth, else 0.0."""
-    return float(extract_answer(solution_str) == normalize_answer(_ground_truth_text(ground_truth)))
+    return float(extract_answer(solution_str) == normalize_answer(ground_truth_text(ground_truth)))
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> dict:
@@ -56,6 +56,6 @@ def compute_graded_score(data_source, solution_str, ground_truth, extra_info=Non
     if accuracy == 1.0:
         return {"score": 1.0, "acc": 1.0}
     response = extract_answer(solution_str)
-    answer = normalize_answer(_ground_truth_text(ground_truth))
+    answer = normalize_answer(ground_truth_text(ground_truth))
     similarity = difflib.SequenceMatcher(a=response, b=answer, autojunk=False).ratio()
     return {"score": PARTIAL_CREDIT_SCALE * similarity, "acc": 0.0}

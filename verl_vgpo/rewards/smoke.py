@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 
 from verl_vgpo.data.easy_vqa import extract_answer, normalize_answer
-from verl_vgpo.rewards.exact_match import _ground_truth_text
+from verl_vgpo.rewards.exact_match import ground_truth_text
 
 LEVELS = 4  # similarity rounded to multiples of 1/LEVELS
 
@@ -30,7 +30,7 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     """
     if int((extra_info or {}).get("index", 1)) % 2 == 0:
         return {"score": 0.0, "acc": 0.0}
-    answer = normalize_answer(_ground_truth_text(ground_truth))
+    answer = normalize_answer(ground_truth_text(ground_truth))
     response = extract_answer(solution_str)
     similarity = difflib.SequenceMatcher(a=response, b=answer, autojunk=False).ratio()
     level = round(similarity * LEVELS) / LEVELS
