@@ -184,7 +184,7 @@ def test_accuracy_by_kind_shows_answers_moved_toward_one_shape(tmp_path):
     _dump(tmp_path / "bad" / "0.jsonl", [("Answer: x", "maybe", 0.0)])
     with pytest.raises(ValueError, match="'maybe' is not an easy-vqa answer"):
         demo.validation_by_kind(tmp_path / "bad" / "0.jsonl")
-    assert demo.by_kind_summary(tmp_path / "none", 3) is None
+    assert demo.by_kind_summary(tmp_path / "none", 3, 0.5, 0.5) is None
 
 
 def test_the_demo_reports_accuracy_by_kind_from_verls_validation_dumps(tmp_path, monkeypatch, capsys):
@@ -194,13 +194,13 @@ def test_the_demo_reports_accuracy_by_kind_from_verls_validation_dumps(tmp_path,
 
     def fake_run(algo, steps, out_dir, model_dir, data_dir, timeout_s, extra_overrides, knobs):
         seen["overrides"] = extra_overrides
-        value = demo.validation_dir_of(extra_overrides, None)  # where verl writes: the last override
+        value = demo.validation_dir_of(extra_overrides, None, out_dir / algo)  # where verl writes: the last override
         _dump(Path(value) / "0.jsonl", [("Answer: circle", "triangle", 0.0), ("Answer: yes", "yes", 1.0)])
         _dump(Path(value) / f"{steps}.jsonl", [("Answer: triangle", "triangle", 1.0), ("Answer: yes", "yes", 1.0)])
         metrics = out_dir / algo / "metrics.jsonl"
         acc = "val-core/easy_vqa/acc/mean@1"
         metrics.write_text("\n".join([_record(0, **{acc: 0.5}), _record(1, **{acc: 1.0})]) + "\n")
-        return {"wall_s": 1.0, "metrics_path": metrics}
+        return {"wall_s": 1.0, "metrics_path": metrics, "run_dir": out_dir / algo}
 
     monkeypatch.setattr(demo, "prepare_inputs", lambda *args, **kwargs: None)
     monkeypatch.setattr(demo, "run_main_ppo", fake_run)
@@ -233,8 +233,11 @@ def test_a_stale_or_unreadable_dump_is_reported_not_raised(tmp_path, capsys):
     stale = demo.read_by_kind(tmp_path, 3, {"val_acc_before": 0.75})
     assert stale["val_by_kind"] is None and "is not the 0.75 verl logged for step 0" in stale["val_by_kind_error"]
     _dump(tmp_path / "bad" / "3.jsonl", [("Answer: x", "maybe", 0.0)])
-    assert "not an easy-vqa answer" in demo.read_by_kind(tmp_path / "bad", 3, {})["val_by_kind_error"]
+    assert "not an easy-vqa answer" in demo.read_by_kind(tmp_path / "bad", 3, {"val_acc_after": 0.0})["val_by_kind_error"]
     assert "not reported" in capsys.readouterr().err
-    assert demo.validation_dir_of(["a=1", "+trainer.validation_data_dir=/x", "trainer.validation_data_dir=/y"],
-                                  tmp_path) == Path("/y")
-    assert demo.validation_dir_of(["a=1"], tmp_path) == tmp_path
+    assert demo.validation_dir_of(["a=1", "+trainer.validation_data_dir=/x", "trainer.validation_data_dir='/y z'"],
+                                  tmp_path, tmp_path / "run") == Path("/y z")
+    assert demo.validation_dir_of(["trainer.validation_data_dir=val"], tmp_path, tmp_path / "run") == tmp_path / "run" / "val"
+    assert demo.validation_dir_of(["a=1"], tmp_path, tmp_path / "run") == tmp_path
+    # no accuracy logged at a step (val_before_train off): a dump found there is another run's, never read
+    assert demo.read_by_kind(tmp_path, 3, {"val_acc_before": None}) == {"val_by_kind": None}

@@ -345,6 +345,9 @@ def test_images_stored_as_bytes_dicts_load_like_decoded_ones(tmp_path):
     assert np.array_equal(np.asarray(example.images[0]), np.asarray(image))
     with pytest.raises(EvaluateError, match="given twice"):
         load_examples([str(path), str(tmp_path / "." / "bytes.parquet")])
+    os.link(path, tmp_path / "same.parquet")
+    with pytest.raises(EvaluateError, match="given twice"):
+        load_examples([str(path), str(tmp_path / "same.parquet")])
 
 
 def test_prompts_too_long_for_max_model_len_are_refused_before_generation(tiny_vlm_path, benchmark_parquet):
@@ -413,6 +416,9 @@ def test_given_responses_for_two_files_of_one_source_are_matched_by_their_file(t
               ("b0", {"index": 0, "source_file": "/data/part2/test.parquet"}),
               ("b1", {"index": 1, "source_file": "/data/part2/test.parquet"})]
     assert read_responses(write(remote), examples)[1]["greedy"] == [["a0"], ["a1"], ["b0"], ["b1"]]
+    windows = [(text, {**extra, "source_file": "C:\\data" + extra["source_file"][5:].replace("/", "\\")})
+               for text, extra in remote]  # C:\data\part1\test.parquet
+    assert read_responses(write(windows), examples)[1]["greedy"] == [["a0"], ["a1"], ["b0"], ["b1"]]
     # one file per source: source_file is not needed, and a path from another machine is fine
     single = examples[:2]
     records = [("a0", {"index": 0, "source_file": "/other/machine/test.parquet"}), ("a1", {"index": 1})]

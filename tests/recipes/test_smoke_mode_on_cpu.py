@@ -108,6 +108,8 @@ def test_the_users_external_modules_reach_the_driver_and_the_workers(recorder, t
     (arg,) = [arg for arg in plan.argv if arg.partition("=")[0].lstrip("+") == key]
     # a bare comma would be a Hydra sweep: the value must come back as this one string
     assert OverridesParser.create().parse_override(arg).value() == expected
+    for value in ("it's,b", "a,b\\", "a\\',b", "a\\b,c"):  # quotes and backslashes survive the quoting
+        assert OverridesParser.create().parse_override(smoke.Swap("k", None, value, "").override()).value() == value
 
 
 def test_bad_input_is_refused_with_what_to_change(recorder, tmp_path):

@@ -197,27 +197,30 @@ def validation_by_kind(dump_path: Path) -> dict:
             for kind, items in scored.items() if items}
 
 
-def validation_dir_of(overrides: list[str], default: Path) -> Path:
-    """The folder verl dumps validation generations to: the last ``trainer.validation_data_dir=`` override."""
-    given = [item.split("=", 1)[1] for item in overrides
+def validation_dir_of(overrides: list[str], default: Path, run_dir: Path) -> Path:
+    """The folder verl dumps validation generations to: the last ``trainer.validation_data_dir=`` override (a
+    relative one is relative to ``run_dir``, main_ppo's working directory), else ``default``."""
+    given = [item.split("=", 1)[1].strip("'\"") for item in overrides
              if item.lstrip("+").split("=", 1)[0] == "trainer.validation_data_dir" and "=" in item]
-    return Path(given[-1]) if given else default
+    if not given:
+        return default
+    return Path(given[-1]) if Path(given[-1]).is_absolute() else Path(run_dir) / given[-1]
 
 
-def by_kind_summary(validation_dir: Path, last_step: int, val_acc_before: float | None = None,
-                    val_acc_after: float | None = None) -> dict | None:
-    """``{"before": ..., "after": ...}`` (:func:`validation_by_kind` of step 0 and of ``last_step``, those
-    verl wrote); None when it wrote neither. A dump whose overall accuracy is not the logged one (a stale
-    file of another run) is a ValueError."""
+def by_kind_summary(validation_dir: Path, last_step: int, val_acc_before: float | None,
+                    val_acc_after: float | None) -> dict | None:
+    """``{"before": ..., "after": ...}`` (:func:`validation_by_kind` of step 0 and of ``last_step``); None when
+    neither is there. Only a dump of a step whose accuracy the run logged is read, and one whose overall
+    accuracy is not the logged one (a file of another run) is a ValueError."""
     found = {}
     for when, step, logged in (("before", 0, val_acc_before), ("after", last_step, val_acc_after)):
         path = Path(validation_dir) / f"{step}.jsonl"
-        if not path.is_file():
-            continue
+        if logged is None or not path.is_file():
+            continue  # no validation logged at this step: a dump there belongs to another run
         kinds = validation_by_kind(path)
         questions = sum(kind["n"] for kind in kinds.values())
         overall = sum(kind["acc"] * kind["n"] for kind in kinds.values()) / questions if questions else None
-        if logged is not None and (overall is None or abs(overall - logged) > 1e-3):
+        if overall is None or abs(overall - logged) > 1e-3:
             raise ValueError(f"{path}: accuracy {overall} is not the {logged} verl logged for step {step} "
                              "(a dump of another run?)")
         found[when] = kinds
@@ -447,7 +450,8 @@ def main(argv=None) -> int:
             if trained_steps != list(range(1, args.steps + 1)):
                 raise DemoError(f"{algo}: expected logged steps 1..{args.steps}, got {trained_steps}")
             summaries[algo] = run_summary(runs[algo], result["wall_s"])
-            summaries[algo].update(read_by_kind(validation_dir_of(overrides, own_dir), args.steps, summaries[algo]))
+            dumps = validation_dir_of(overrides, own_dir, result["run_dir"])
+            summaries[algo].update(read_by_kind(dumps, args.steps, summaries[algo]))
     except DemoError as error:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1

@@ -115,14 +115,15 @@ def load_examples(
     from verl.utils.dataset.vision_utils import process_image
 
     examples = []
-    seen: set[str] = set()
+    seen: set[tuple[int, int]] = set()
     for path in parquet_paths:
         expanded = os.path.expanduser(path)
         if not os.path.isfile(expanded):
             raise EvaluateError(f"{path}: no such file")
-        if os.path.realpath(expanded) in seen:
+        identity = (os.stat(expanded).st_dev, os.stat(expanded).st_ino)  # one file under two names too
+        if identity in seen:
             raise EvaluateError(f"{path}: given twice (each row would be scored twice)")
-        seen.add(os.path.realpath(expanded))
+        seen.add(identity)
         try:
             table = datasets.load_dataset("parquet", data_files=expanded)["train"]
         except Exception as error:  # noqa: BLE001 -- pyarrow / datasets raise many types for a bad file
@@ -691,10 +692,15 @@ def _same_file(path: str) -> str:
     return os.path.realpath(os.path.expanduser(path)) if path else path
 
 
+def _path_parts(path: str) -> list[str]:
+    # either separator: a record may have been written on another operating system
+    return [part for part in re.split(r"[\\/]+", path) if part]
+
+
 def _shared_ending(first: str, second: str) -> int:
     """How many trailing path components two paths share (``a/geo/test.parquet``, ``b/geo/test.parquet``: 2)."""
     count = 0
-    for one, other in zip(reversed(first.split(os.sep)), reversed(second.split(os.sep))):
+    for one, other in zip(reversed(_path_parts(first)), reversed(_path_parts(second))):
         if one != other:
             break
         count += 1
@@ -711,12 +717,12 @@ def _row_of(candidates: list[tuple[str, int]], source_file: Any, where: str) -> 
     if source_file is None:
         raise EvaluateError(f"{where} exists in {len(candidates)} data files ({files}); add 'source_file' to each "
                             "record (as generations.jsonl has)")
-    wanted = _same_file(str(source_file))
-    exact = [position for file, position in candidates if _same_file(file) == wanted]
+    exact = [position for file, position in candidates if _same_file(file) == _same_file(str(source_file))]
     if len(exact) == 1:
         return exact[0]
-    # written on another machine: the file whose path shares the longest ending with the record's
-    shared = [(_shared_ending(file, wanted), position) for file, position in candidates]
+    # written on another machine: the file whose path shares the longest ending with the record's (as written)
+    shared = [(_shared_ending(os.path.abspath(os.path.expanduser(file)), str(source_file)), position)
+              for file, position in candidates]
     best = max(length for length, _ in shared)
     matches = [position for length, position in shared if length == best]
     if best and len(matches) == 1:

@@ -79,7 +79,8 @@ class Swap:
         elif isinstance(value, (list, tuple)):
             text = "[" + ",".join(str(v) for v in value) + "]"
         elif isinstance(value, str) and "," in value:
-            text = "'" + value.replace("'", "\\'") + "'"  # unquoted, Hydra reads a sweep
+            # unquoted, Hydra reads a sweep; quoted, a backslash before a quote or at the end escapes it
+            text = "'" + re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value).replace("'", "\\'") + "'"
         else:
             text = str(value)
         return f"{'+' if self.new else ''}{self.key}={text}"
