@@ -39,6 +39,7 @@ from verl_vgpo.apps.runner import (  # noqa: F401  (RUN_SCRIPT, read_metrics, ru
     STEP_TIME_METRIC,
     RunError,
     cpu_dtype_line,
+    override_key,
     read_metrics,
     run_main_ppo,
 )
@@ -201,7 +202,7 @@ def validation_dir_of(overrides: list[str], default: Path, run_dir: Path) -> Pat
     """The folder verl dumps validation generations to: the last ``trainer.validation_data_dir=`` override (a
     relative one is relative to ``run_dir``, main_ppo's working directory), else ``default``."""
     given = [item.split("=", 1)[1].strip("'\"") for item in overrides
-             if item.lstrip("+").split("=", 1)[0] == "trainer.validation_data_dir" and "=" in item]
+             if override_key(item) == "trainer.validation_data_dir" and "=" in item]
     if not given:
         return default
     return Path(given[-1]) if Path(given[-1]).is_absolute() else Path(run_dir) / given[-1]

@@ -174,13 +174,13 @@ def final_checkpoint_overrides(steps: int) -> list[str]:
 
 def check_overrides(overrides: list[str], analyze_rows: int) -> None:
     """Refuse, before anything runs, a user override of a key the experiment's own run settings rely on."""
-    dumps = [item for item in overrides if item.lstrip("+~").split("=", 1)[0] == "trainer.validation_data_dir"]
+    dumps = [item for item in overrides if runner.override_key(item) == "trainer.validation_data_dir"]
     if dumps:
         raise ExperimentError(f"override(s) {dumps}: the experiment writes each run's validation dumps to "
                               f"runs/<algo>_seed<k>/{demo.VALIDATION_DIR} itself (read for the accuracy by question kind); "
                               "drop them")
     keys = CHECKPOINT_KEYS if analyze_rows else ("trainer.resume_mode",)
-    clashing = [item for item in overrides if item.lstrip("+~").split("=", 1)[0].startswith(keys)]
+    clashing = [item for item in overrides if runner.override_key(item).startswith(keys)]
     if clashing:
         raise ExperimentError(
             f"override(s) {clashing} change how runs save or resume checkpoints, which the experiment sets itself "

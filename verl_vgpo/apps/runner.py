@@ -188,6 +188,11 @@ def _error_excerpt(log_path: Path, max_lines: int = 12) -> str:
     return "\n".join((error_lines or lines)[-max_lines:])
 
 
+def override_key(override: str) -> str:
+    """The config key of a Hydra override (``+key=v``, ``++key=v``, ``~key``: ``key``)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def read_metrics(metrics_path: Path) -> list[dict]:
     """verl's file-logger records -> [{"step": int, **metrics}], ordered by step."""
     records = []

@@ -30,6 +30,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from verl_vgpo.apps.runner import override_key
+
 SMOKE_VALUES = ("cpu",)
 FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5")
 # run_<family>_<size>_<algo>.sh
@@ -166,11 +168,6 @@ def _available_memory_gib() -> float | None:
     return None
 
 
-def _key_of(override: str) -> str:
-    key = override.split("=", 1)[0]
-    return key.lstrip("+~")
-
-
 def _compose(config_dir: str, config_name: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
@@ -229,7 +226,7 @@ def build_plan(script: str, main_ppo_argv: list[str], user_argc: int, environ: d
         raise SmokeError(f"SMOKE=cpu: {user_argc} user arguments but only {len(overrides)} overrides")
     recipe_overrides = overrides[: len(overrides) - user_argc]
     user_overrides = overrides[len(overrides) - user_argc:]
-    user_keys = {_key_of(arg) for arg in user_overrides}
+    user_keys = {override_key(arg) for arg in user_overrides}
     config = _compose(config_dir, config_name, overrides)
 
     out_dir = Path(environ.get("OUT_DIR") or cwd / "artifacts" / "smoke" / Path(script).stem).resolve()
