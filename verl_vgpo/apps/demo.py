@@ -311,6 +311,12 @@ def _cell(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else ""
 
 
+def _kind_rows(by_kind: dict | None) -> list[tuple[str, dict, dict]]:
+    """[(kind, before, after)] of a ``val_by_kind`` entry, every kind of either dump ({} where one lacks it)."""
+    before, after = (by_kind or {}).get("before", {}), (by_kind or {}).get("after", {})
+    return [(kind, before.get(kind, {}), after.get(kind, {})) for kind in dict.fromkeys([*before, *after])]
+
+
 def _answers(kind_summary: dict, key: str = "answers", shown: int = 3) -> str:
     answers = list(kind_summary.get(key, {}).items())
     text = ", ".join(f"{answer or '(none)'} {count}" for answer, count in answers[:shown])
@@ -335,9 +341,7 @@ def write_summary(runs: dict[str, list[dict]], summaries: dict[str, dict], summa
                   "| algorithm | kind | questions | before | after | right answers | answers before | answers after |",
                   "|---|---|---|---|---|---|---|---|"]
         for algo, kinds in by_kind.items():
-            before, after = kinds.get("before", {}), kinds.get("after", {})
-            for kind in dict.fromkeys([*before, *after]):
-                first, last = before.get(kind, {}), after.get(kind, {})
+            for kind, first, last in _kind_rows(kinds):
                 lines.append(f"| {algo} | {kind} | {first.get('n', last.get('n'))} | {_cell(first.get('acc'))} | "
                              f"{_cell(last.get('acc'))} | {_answers(first or last, 'truth')} | {_answers(first)} | {_answers(last)} |")
         lines.append("")
@@ -465,10 +469,7 @@ def main(argv=None) -> int:
     for algo, item in summaries.items():
         print(f"[{algo}] greedy validation accuracy on {args.val_size} held-out questions: "
               f"{_cell(item['val_acc_before'])} before -> {_cell(item['val_acc_after'])} after {item['steps']} steps")
-        kinds = item.get("val_by_kind") or {}
-        before, after = kinds.get("before", {}), kinds.get("after", {})
-        for kind in dict.fromkeys([*before, *after]):
-            first, last = before.get(kind, {}), after.get(kind, {})
+        for kind, first, last in _kind_rows(item.get("val_by_kind")):
             print(f"[{algo}]   {kind} ({first.get('n', last.get('n'))} questions): {_cell(first.get('acc'))} -> "
                   f"{_cell(last.get('acc'))}; answers after: {_answers(last)}")
     print(f"total {time.monotonic() - start:.0f}s\nplot: {png_path}\nsummary: {out_dir / 'summary.json'}")
